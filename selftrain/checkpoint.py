@@ -1,0 +1,146 @@
+"""Resumable training checkpoints without pickle.
+
+A checkpoint is a folder, written whole or not at all (`atomic_dir`): `tensors.safetensors` holds
+every tensor (model weights, optimizer moments, RNG states, the best weights so far) and
+`state.json` everything else (step, optimizer hyper-parameters, scheduler position, history).
+Nothing is unpickled on load, so a checkpoint handed over by someone else cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from selftrain import atomic
+from selftrain.errors import SelftrainError
+
+PREFIX = "step-"
+
+
+def _split_optimizer(name: str, sd: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, entries in sd["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{name}.{pid}.{key}"] = value
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _join_optimizer(name: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    prefix = f"optim.{name}."
+    for key, value in tensors.items():
+        if key.startswith(prefix):
+            pid, entry = key[len(prefix) :].split(".", 1)
+            state.setdefault(int(pid), {})[entry] = value
+    for pid, entries in meta["scalars"].items():
+        state.setdefault(int(pid), {}).update(entries)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    np_state = np.random.get_state()
+    tensors = {
+        "rng.torch": torch.get_rng_state(),
+        "rng.numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+    }
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    meta = {"python": random.getstate(), "numpy": [np_state[0], *np_state[2:]]}
+    return tensors, meta
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    kind, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if torch.cuda.is_available():
+        states = [tensors[k] for k in sorted(t for t in tensors if t.startswith("rng.cuda."))]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+
+
+def _cpu(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").clone().contiguous() for k, v in sd.items()}
+
+
+def save_checkpoint(
+    root: Path,
+    step: int,
+    *,
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    schedulers: dict[str, Any],
+    state: dict[str, Any],
+    extra_tensors: dict[str, torch.Tensor] | None = None,
+    keep: int = 2,
+) -> Path:
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {"step": step, "state": state, "optimizers": {}, "schedulers": {}}
+    for name, module in modules.items():
+        tensors.update({f"model.{name}.{k}": v for k, v in _cpu(module.state_dict()).items()})
+    for name, opt in optimizers.items():
+        t, m = _split_optimizer(name, opt.state_dict())
+        tensors.update(_cpu(t))
+        meta["optimizers"][name] = m
+    for name, sched in schedulers.items():
+        meta["schedulers"][name] = sched.state_dict()
+    for key, value in (extra_tensors or {}).items():
+        tensors[f"extra.{key}"] = value.detach().to("cpu").clone().contiguous()
+    rng_tensors, meta["rng"] = _rng_state()
+    tensors.update(rng_tensors)
+
+    target = root / f"{PREFIX}{step:08d}"
+    with atomic.atomic_dir(target) as tmp:
+        save_file(tensors, str(tmp / "tensors.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(meta))
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
+
+
+def load_checkpoint(
+    path: Path,
+    *,
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    schedulers: dict[str, Any],
+) -> tuple[int, dict[str, Any], dict[str, torch.Tensor]]:
+    """Restore everything in place; return (step, state, extra tensors)."""
+    try:
+        tensors = load_file(str(path / "tensors.safetensors"))
+        meta = json.loads((path / "state.json").read_text())
+        for name, module in modules.items():
+            prefix = f"model.{name}."
+            module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+        for name, opt in optimizers.items():
+            opt.load_state_dict(_join_optimizer(name, tensors, meta["optimizers"][name]))
+        for name, sched in schedulers.items():
+            sched.load_state_dict(meta["schedulers"][name])
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise SelftrainError(
+            f"{path}: checkpoint cannot be loaded ({type(exc).__name__}: {str(exc)[:120]}); "
+            "delete this folder to resume from the previous checkpoint"
+        ) from None
+    _set_rng_state(tensors, meta["rng"])
+    extra = {k[len("extra.") :]: v for k, v in tensors.items() if k.startswith("extra.")}
+    return int(meta["step"]), meta["state"], extra

@@ -1,0 +1,186 @@
+"""One typed config per run.
+
+`RunConfig` is the whole configuration of a run: loaded from YAML (`configs/`), overridden from
+the command line with `--set section.key=value`, validated with unknown keys rejected, and written
+as `RUN/config.yaml` beside what it produced. Defaults are the digits recipe, so a run with no
+config file is the bundled demo.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from selftrain.errors import SelftrainError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    image_size: int = Field(32, ge=8, le=1024, description="Side in pixels that images are resized to.")
+    num_workers: int = Field(
+        0, ge=0, le=64, description="DataLoader worker processes; 0 decodes in the training process."
+    )
+    shuffle_buffer: int = Field(1000, ge=1, description="Samples held in the streaming shuffle buffer.")
+    verify_checksums: bool = Field(
+        True, description="Check each shard's sha256 against dataset.json while streaming it."
+    )
+    skip_corrupt: bool = Field(
+        False, description="Skip unreadable samples with a warning and a count instead of failing."
+    )
+
+
+class AugmentConfig(_Strict):
+    """Standard (weak) augmentation for supervised training; the student's noise is separate."""
+
+    rotate_degrees: float = Field(10.0, ge=0, le=180, description="Random rotation range, +/- degrees.")
+    translate: float = Field(0.1, ge=0, le=0.5, description="Random shift as a fraction of the side.")
+    scale_min: float = Field(0.9, gt=0, le=1.0, description="Smallest random zoom factor.")
+    scale_max: float = Field(1.1, ge=1.0, le=2.0, description="Largest random zoom factor.")
+    hflip: bool = Field(
+        False, description="Random horizontal flip; off for digits, where it changes meaning."
+    )
+
+
+class TrainConfig(_Strict):
+    """How one model is trained; used by the teacher and, later, the students."""
+
+    model: str = Field("resnet10t", description="timm model name (built with pretrained=False).")
+    batch_size: int = Field(64, ge=1, le=65536, description="Labeled samples per step (global).")
+    steps: int = Field(400, ge=1, description="Optimizer steps.")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Optimizer.")
+    lr: float = Field(2e-3, gt=0, le=10, description="Peak learning rate.")
+    weight_decay: float = Field(0.05, ge=0, description="Decoupled weight decay.")
+    warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps before the cosine decay.")
+    label_smoothing: float = Field(0.1, ge=0, lt=1, description="Label smoothing of the supervised loss.")
+    drop_rate: float = Field(0.0, ge=0, lt=1, description="Dropout before the classifier.")
+    drop_path_rate: float = Field(0.0, ge=0, lt=1, description="Stochastic depth rate.")
+    eval_every: int = Field(50, ge=1, description="Steps between evaluations on the val split.")
+    checkpoint_every: int = Field(100, ge=1, description="Steps between resumable checkpoints.")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainConfig:
+        if self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be smaller than steps ({self.steps})")
+        return self
+
+
+class PseudoLabelConfig(_Strict):
+    """Teacher inference over the unlabeled shards and the Noisy Student filter/balance step."""
+
+    temperature: float = Field(1.0, gt=0, le=100, description="Soft label = softmax(logits / temperature).")
+    mode: Literal["auto", "soft", "hard", "topk"] = Field(
+        "auto",
+        description="Stored label: full soft, one-hot hard, or top-k sparse; auto = topk above 100 classes.",
+    )
+    top_k: int = Field(10, ge=1, description="Entries kept per image in topk mode.")
+    batch_size: int = Field(256, ge=1, description="Images per teacher forward pass.")
+    confidence_threshold: float = Field(
+        0.3, ge=0, le=1, description="Images whose top probability is below this are dropped."
+    )
+    images_per_class: int | None = Field(
+        None, ge=1, description="N kept per class after balancing; default: the median filtered class count."
+    )
+
+
+class RunConfig(_Strict):
+    seed: int = Field(0, ge=0, description="Seeds Python, NumPy and torch; a CPU run is repeatable.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto = CUDA when present (bf16 autocast, channels_last), else CPU."
+    )
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TrainConfig = Field(default_factory=TrainConfig)
+    pseudolabel: PseudoLabelConfig = Field(default_factory=PseudoLabelConfig)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    where = ".".join(str(p) for p in error["loc"]) or "config"
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown key; check the spelling against configs/digits.yaml"
+    if error["type"] == "missing":
+        return f"{where}: required field is missing"
+    got = error.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{where}: {error['msg']}{shown}"
+
+
+def validation_message(exc: ValidationError, source: str) -> str:
+    """Squeeze pydantic's multi-line report into one line naming each bad field."""
+    return f"{source}: " + "; ".join(_describe(e) for e in exc.errors())
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`teacher.lr=0.01` -> (["teacher", "lr"], 0.01); the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise SelftrainError(f"--set {text!r}: expected key=value, e.g. --set teacher.steps=200")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise SelftrainError(f"--set {text!r}: {part} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise SelftrainError(
+            f"{path}: config file not found; pass an existing file, e.g. configs/digits.yaml"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise SelftrainError(f"{path}:{where} is not valid YAML; fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise SelftrainError(f"{path}: expected a mapping of sections (seed, data, teacher, ...)")
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    raw = read_yaml(path) if path else {}
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise SelftrainError(validation_message(exc, str(path) if path else "config")) from None
+
+
+def config_to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def config_differences(a: RunConfig, b: RunConfig) -> list[str]:
+    """Dotted keys whose values differ, for a clear refusal to resume with another config."""
+
+    def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in d.items():
+            if isinstance(value, dict):
+                out.update(flatten(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    fa, fb = flatten(a.model_dump(mode="json")), flatten(b.model_dump(mode="json"))
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))

@@ -1,0 +1,161 @@
+"""The training loop every trainer shares: step, evaluate on val, keep the best, checkpoint, resume.
+
+What a step does is not the engine's business: the teacher, the Noisy Student student and Meta
+Pseudo Labels each pass a `step_fn` that takes a batch and returns `{"loss": ..., <parts>}` (it
+owns forward, backward and the optimizer steps, since MPL steps two models). The engine owns the
+bookkeeping that must be identical everywhere: model selection on the val split only, checkpoints
+every N steps written atomically, and resuming from the newest checkpoint with the data stream
+positioned where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from selftrain.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from selftrain.errors import SelftrainError
+
+log = logging.getLogger("selftrain.engine")
+
+ProgressHook = Callable[[int, int, dict[str, float]], None]
+
+
+@dataclass
+class TrainResult:
+    best_state: dict[str, torch.Tensor]
+    best_score: float
+    best_step: int
+    steps: int
+    history: list[dict[str, float]]
+    resumed_from: int | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainLoop:
+    """Everything the loop needs; `batches(start_sample)` returns an iterator from that position."""
+
+    modules: dict[str, torch.nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, Any]
+    step_fn: Callable[[Any, int], dict[str, float]]
+    batches: Callable[[int], Iterator[Any]]
+    evaluate: Callable[[], float]
+    selected: str
+    steps: int
+    eval_every: int
+    checkpoint_every: int
+    checkpoint_dir: Path
+    samples_per_step: int
+    desc: str = "train"
+    progress_hooks: list[ProgressHook] = field(default_factory=list)
+
+    def _resume(self) -> tuple[int, dict[str, Any], dict[str, torch.Tensor]] | None:
+        for path in reversed(list_checkpoints(self.checkpoint_dir)):
+            try:
+                return load_checkpoint(
+                    path, modules=self.modules, optimizers=self.optimizers, schedulers=self.schedulers
+                )
+            except SelftrainError as exc:
+                log.warning("%s; trying an older checkpoint", exc)
+        return None
+
+    def run(self) -> TrainResult:
+        model = self.modules[self.selected]
+        start, history, resumed_from = 0, [], None
+        best_score, best_step = -1.0, -1
+        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        restored = self._resume()
+        if restored is not None:
+            start, state, extra = restored
+            resumed_from = start
+            history = state["history"]
+            best_score, best_step = state["best_score"], state["best_step"]
+            best_state = {
+                k[len("best.") :]: v for k, v in extra.items() if k.startswith("best.")
+            } or best_state
+            log.info(
+                "resuming %s from step %d (best val %.4f at step %d)", self.desc, start, best_score, best_step
+            )
+
+        def checkpoint(step: int) -> None:
+            save_checkpoint(
+                self.checkpoint_dir,
+                step,
+                modules=self.modules,
+                optimizers=self.optimizers,
+                schedulers=self.schedulers,
+                state={"history": history, "best_score": best_score, "best_step": best_step},
+                extra_tensors={f"best.{k}": v for k, v in best_state.items()},
+            )
+
+        it = self.batches(start * self.samples_per_step)
+        bar = tqdm(
+            total=self.steps,
+            initial=start,
+            desc=self.desc,
+            dynamic_ncols=True,
+            file=sys.stderr,
+            disable=None,
+            leave=True,
+        )
+        running: dict[str, float] = {}
+        since = 0
+        for model_ in self.modules.values():
+            model_.train()
+        try:
+            for step in range(start, self.steps):
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    raise SelftrainError(
+                        f"{self.desc}: the training stream ran dry at step {step}; "
+                        "every sample of the split was skipped as corrupt"
+                    ) from None
+                metrics = self.step_fn(batch, step)
+                if not all(map(_finite, metrics.values())):
+                    raise SelftrainError(
+                        f"{self.desc}: loss became {metrics.get('loss')} at step {step}; lower the learning rate"
+                    )
+                for k, v in metrics.items():
+                    running[k] = running.get(k, 0.0) + float(v)
+                since += 1
+                done = step + 1
+                if done % self.eval_every == 0 or done == self.steps:
+                    score = self.evaluate()
+                    for model_ in self.modules.values():
+                        model_.train()
+                    row = {"step": done, **{k: v / since for k, v in running.items()}, "val_accuracy": score}
+                    history.append(row)
+                    running, since = {}, 0
+                    if score >= best_score:
+                        best_score, best_step = score, done
+                        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{score:.3f}", best=f"{best_score:.3f}")
+                bar.update(1)
+                for hook in self.progress_hooks:
+                    hook(done, self.steps, metrics)
+                if done % self.checkpoint_every == 0 or done == self.steps:
+                    checkpoint(done)
+        finally:
+            bar.close()
+        return TrainResult(
+            best_state=best_state,
+            best_score=best_score,
+            best_step=best_step,
+            steps=self.steps,
+            history=history,
+            resumed_from=resumed_from,
+        )
+
+
+def _finite(v: float) -> bool:
+    return v == v and v not in (float("inf"), float("-inf"))

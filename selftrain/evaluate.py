@@ -1,0 +1,52 @@
+"""Top-1 accuracy, per class, of a model on one labeled split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from selftrain.device import autocast, to_device
+
+
+@dataclass
+class EvalResult:
+    top1: float
+    loss: float
+    count: int
+    per_class: list[float | None]  # None where the split has no sample of that class
+
+    def as_dict(self, classes: list[str]) -> dict:
+        return {
+            "top1": self.top1,
+            "loss": self.loss,
+            "count": self.count,
+            "per_class": {c: a for c, a in zip(classes, self.per_class, strict=True)},
+        }
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, num_classes: int, device: torch.device) -> EvalResult:
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros(num_classes, dtype=torch.long)
+    total = torch.zeros(num_classes, dtype=torch.long)
+    loss_sum = 0.0
+    try:
+        for x, y in loader:
+            x, y = to_device(x, device), y.to(device)
+            with autocast(device):
+                logits = model(x)
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
+            hit = (logits.argmax(1) == y).cpu()
+            y = y.cpu()
+            total += torch.bincount(y, minlength=num_classes)
+            correct += torch.bincount(y[hit], minlength=num_classes)
+    finally:
+        model.train(was_training)
+    n = int(total.sum())
+    per_class = [(int(c) / int(t)) if t else None for c, t in zip(correct, total, strict=True)]
+    return EvalResult(
+        top1=int(correct.sum()) / max(n, 1), loss=loss_sum / max(n, 1), count=n, per_class=per_class
+    )

@@ -1,0 +1,34 @@
+"""Models by name: timm's registry, always built with `pretrained=False` (no downloads here)."""
+
+from __future__ import annotations
+
+import timm
+import torch
+
+from selftrain.errors import SelftrainError
+
+
+def build_model(
+    name: str,
+    *,
+    num_classes: int,
+    in_chans: int,
+    drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
+    field: str = "model",
+) -> torch.nn.Module:
+    if not timm.is_model(name):
+        raise SelftrainError(
+            f"{field}: unknown model {name!r}; use a timm model name such as resnet10t or efficientnet_b0"
+        )
+    kwargs = dict(pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
+    if drop_path_rate:
+        kwargs["drop_path_rate"] = drop_path_rate
+    try:
+        return timm.create_model(name, **kwargs)
+    except TypeError as exc:
+        raise SelftrainError(f"{field}: {name} does not accept these options ({exc})") from None
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,224 @@
+"""The run directory: the record of what a run has done, and the only one.
+
+    RUN/
+      config.yaml          resolved RunConfig (what produced everything below)
+      manifest.json        data set, and per iteration: role, model, stage states, artifact sha256
+      iter-000/            teacher: model.safetensors, model.json (model card), checkpoints/
+      iter-001/ ...        students (later issues)
+
+Every stage reads its inputs from here and writes its outputs here atomically; a stage is done
+when, and only when, the manifest says so, which happens after its artifacts are in place. Resuming
+is reading the manifest. Prefect state is a convenience on top, never the record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from selftrain import atomic
+from selftrain.config import RunConfig, config_differences, config_to_yaml, load_config
+from selftrain.errors import SelftrainError
+
+MANIFEST = "manifest.json"
+CONFIG = "config.yaml"
+WEIGHTS = "model.safetensors"
+CARD = "model.json"
+# Settings that may change between a run and its resumption without changing the results' meaning.
+RUNTIME_KEYS = {"device", "data.num_workers", "data.skip_corrupt"}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # -- layout -------------------------------------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG
+
+    def iter_dir(self, k: int) -> Path:
+        return self.root / f"iter-{k:03d}"
+
+    def exists(self) -> bool:
+        return self.manifest_path.is_file()
+
+    # -- manifest -----------------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        if not self.exists():
+            raise SelftrainError(
+                f"{self.root}: not a run directory (no {MANIFEST}); start one with `selftrain teacher train`"
+            )
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except json.JSONDecodeError:
+            raise SelftrainError(f"{self.manifest_path}: unreadable; restore it from a backup") from None
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+        atomic.write_json(self.manifest_path, manifest)
+
+    def open(self, data_dir: Path, config_file: str | None, overrides: list[str]) -> RunConfig:
+        """Create the run directory, or reopen it and check the config and data agree."""
+        data_dir = Path(data_dir).resolve()
+        requested = load_config(config_file, overrides)
+        if not self.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic.write_text(self.config_path, config_to_yaml(requested))
+            self._write_manifest(
+                {"format_version": 1, "data": str(data_dir), "created": time.time(), "iterations": {}}
+            )
+            return requested
+        manifest = self.manifest()
+        if Path(manifest["data"]) != data_dir:
+            raise SelftrainError(
+                f"{self.root}: this run uses data {manifest['data']}, not {data_dir}; pass the same --data "
+                "or a new --run-dir"
+            )
+        saved = self.config()
+        if config_file or overrides:
+            differ = [k for k in config_differences(saved, requested) if k not in RUNTIME_KEYS]
+            if differ:
+                raise SelftrainError(
+                    f"{self.config_path}: the run was started with other values for {', '.join(differ)}; "
+                    "drop --config/--set to continue it, or use a new --run-dir"
+                )
+            runtime = {k: v for k, v in requested.model_dump().items() if k == "device"}
+            return saved.model_copy(
+                update={
+                    **runtime,
+                    "data": saved.data.model_copy(
+                        update={
+                            "num_workers": requested.data.num_workers,
+                            "skip_corrupt": requested.data.skip_corrupt,
+                        }
+                    ),
+                }
+            )
+        return saved
+
+    def config(self) -> RunConfig:
+        return load_config(self.config_path)
+
+    def data_dir(self) -> Path:
+        return Path(self.manifest()["data"])
+
+    def iteration(self, k: int) -> dict[str, Any]:
+        return self.manifest()["iterations"].get(str(k), {})
+
+    def stage_state(self, k: int, stage: str) -> str:
+        info = self.iteration(k).get("stages", {}).get(stage)
+        if not info:
+            return "pending"
+        if info["state"] == "running" and not _pid_alive(info.get("pid", -1)):
+            return "interrupted"
+        return info["state"]
+
+    def mark_stage(self, k: int, stage: str, state: str, **fields: Any) -> None:
+        manifest = self.manifest()
+        it = manifest["iterations"].setdefault(str(k), {"stages": {}})
+        for key in ("role", "model"):
+            if key in fields:
+                it[key] = fields.pop(key)
+        entry = it["stages"].setdefault(stage, {})
+        entry.update(state=state, updated=time.time(), **fields)
+        if state == "running":
+            entry["pid"] = os.getpid()
+        self._write_manifest(manifest)
+
+    # -- models -------------------------------------------------------------------------------
+    def save_model(self, k: int, state_dict: dict[str, torch.Tensor], card: dict[str, Any]) -> dict[str, str]:
+        """Weights then card, each atomic; returns their checksums for the manifest."""
+        d = self.iter_dir(k)
+        d.mkdir(parents=True, exist_ok=True)
+        tensors = {n: t.detach().cpu().contiguous() for n, t in state_dict.items()}
+        with atomic.atomic_path(d / WEIGHTS) as tmp:
+            save_file(tensors, str(tmp), metadata={"architecture": card["architecture"]})
+        weights_sha = atomic.sha256_file(d / WEIGHTS)
+        card = {**card, "weights": WEIGHTS, "weights_sha256": weights_sha}
+        card_sha = atomic.write_json(d / CARD, card)
+        return {WEIGHTS: weights_sha, CARD: card_sha}
+
+    def card(self, k: int) -> dict[str, Any]:
+        path = self.iter_dir(k) / CARD
+        if not path.is_file():
+            raise SelftrainError(self._missing_model(k))
+        return json.loads(path.read_text())
+
+    def _missing_model(self, k: int) -> str:
+        done = [
+            int(i)
+            for i, it in self.manifest()["iterations"].items()
+            if it.get("stages", {}).get("train", {}).get("state") == "done"
+        ]
+        hint = (
+            f"trained iterations: {sorted(done)}"
+            if done
+            else "train the teacher first: `selftrain teacher train`"
+        )
+        return f"{self.iter_dir(k)}: iteration {k} has no trained model; {hint}"
+
+    def load_weights(self, k: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Weights of iteration k, checked against the checksum the manifest recorded."""
+        if self.stage_state(k, "train") != "done":
+            raise SelftrainError(self._missing_model(k))
+        card = self.card(k)
+        path = self.iter_dir(k) / WEIGHTS
+        expected = self.iteration(k)["stages"]["train"].get("artifacts", {}).get(WEIGHTS)
+        if not path.is_file():
+            raise SelftrainError(
+                f"{path}: weights file is missing; retrain iteration {k} in a new run directory"
+            )
+        if expected and atomic.sha256_file(path) != expected:
+            raise SelftrainError(
+                f"{path}: sha256 differs from {self.manifest_path}; the file was changed or corrupted"
+            )
+        try:
+            return load_file(str(path)), card
+        except SafetensorError as exc:
+            raise SelftrainError(f"{path}: not a valid safetensors file ({exc})") from None
+
+    # -- status -------------------------------------------------------------------------------
+    def status_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for key, it in sorted(self.manifest()["iterations"].items(), key=lambda kv: int(kv[0])):
+            k = int(key)
+            state = self.stage_state(k, "train")
+            row: dict[str, Any] = {
+                "iteration": k,
+                "role": it.get("role"),
+                "model": it.get("model"),
+                "params": None,
+                "val_accuracy": None,
+                "test_accuracy": None,
+                "state": state,
+            }
+            if state == "done":
+                card = self.card(k)
+                row.update(
+                    params=card["params"],
+                    val_accuracy=card["val_accuracy"],
+                    test_accuracy=card["test_accuracy"],
+                )
+            rows.append(row)
+        return rows
