@@ -118,6 +118,7 @@ class RunStore:
         return saved
 
     def config(self) -> RunConfig:
+        self.manifest()  # a clear "not a run directory" before "config.yaml not found"
         return load_config(self.config_path)
 
     def data_dir(self) -> Path:

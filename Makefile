@@ -1,0 +1,49 @@
+# The README's two commands are `make demo` and `make test`; both create .venv when it is missing.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DATA   := data/digits
+RUN    := runs/demo
+
+.PHONY: install demo test test-fast lint format bench clean
+
+# pip on the project's machines installs torch 2.14.1 + torchvision 0.29.1 from local disk.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v 'is ignored: it is neither' || true
+	$(BIN)/python -c "import torch, torchvision, timm, prefect, webdataset; assert torch.__version__.startswith('2.14.1'), torch.__version__"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(DATA)/dataset.json: | $(STAMP)
+	$(BIN)/selftrain data digits --out $(DATA)
+
+## Main job on the bundled digits data: supervised teacher (iteration 0), then its evaluation.
+demo: $(STAMP) $(DATA)/dataset.json
+	$(BIN)/selftrain teacher train --data $(DATA) --run-dir $(RUN) --config configs/digits.yaml
+	$(BIN)/selftrain eval --run-dir $(RUN) --iteration 0 --split test
+	$(BIN)/selftrain status --run-dir $(RUN)
+
+## Every test that can run on this machine: unit, integration and slow (GPU tests skip themselves).
+test: $(STAMP)
+	$(BIN)/pytest -m "" -q
+
+## Unit tests only (the pytest default).
+test-fast: $(STAMP)
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/pseudolabel.py
+
+clean:
+	rm -rf $(RUN) .pytest_cache .ruff_cache

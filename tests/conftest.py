@@ -1,0 +1,48 @@
+"""Shared fixtures: a digits data set built once per session, and quick teacher settings."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# Steps small enough for unit tests; accuracy tests set their own.
+QUICK_TEACHER = [
+    "teacher.steps=30",
+    "teacher.eval_every=15",
+    "teacher.checkpoint_every=15",
+    "teacher.warmup_steps=5",
+    "teacher.batch_size=32",
+]
+
+
+@pytest.fixture(scope="session")
+def digits_master(tmp_path_factory) -> Path:
+    from selftrain.data.digits import build_digits
+
+    out = tmp_path_factory.mktemp("digits") / "digits"
+    build_digits(out, labels_per_class=5, seed=0)
+    return out
+
+
+@pytest.fixture
+def digits_dir(digits_master: Path, tmp_path: Path) -> Path:
+    """A private copy, so a test may corrupt its shards."""
+    dst = tmp_path / "digits"
+    shutil.copytree(digits_master, dst)
+    return dst
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
