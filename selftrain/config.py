@@ -48,9 +48,8 @@ class AugmentConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    """How one model is trained; used by the teacher and, later, the students."""
+    """How one model is trained; shared by the teacher and the students."""
 
-    model: str = Field("resnet10t", description="timm model name (built with pretrained=False).")
     batch_size: int = Field(64, ge=1, le=65536, description="Labeled samples per step (global).")
     steps: int = Field(400, ge=1, description="Optimizer steps.")
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Optimizer.")
@@ -71,6 +70,52 @@ class TrainConfig(_Strict):
         return self
 
 
+class TeacherConfig(TrainConfig):
+    """The supervised teacher: iteration 0 of Noisy Student and the supervised baseline."""
+
+    model: str = Field("resnet10t", description="timm model name (built with pretrained=False).")
+
+
+class StudentConfig(TrainConfig):
+    """The noised Noisy Student student (Xie et al. 2020, section 2): noise is on the student only."""
+
+    models: list[str] = Field(
+        default_factory=lambda: ["resnet10t", "resnet18"],
+        description="Student model per iteration (entry i-1 for iteration i, the last repeats): a timm "
+        "name or effnet_ladder_<phi>. Empty list: climb the EfficientNet ladder from `ladder_start`.",
+    )
+    ladder_start: int = Field(
+        0, ge=0, le=7, description="Ladder step of iteration 1's student when `models` is empty."
+    )
+    unlabeled_ratio: list[int] = Field(
+        default_factory=lambda: [14, 28],
+        description="Pseudo-labeled batch = ratio x labeled batch; entry i-1 for iteration i, the last repeats.",
+    )
+    randaugment_magnitude: list[int] = Field(
+        default_factory=lambda: [9],
+        description="RandAugment magnitude (0-30) per iteration, the last repeats.",
+    )
+    randaugment_ops: int = Field(2, ge=1, le=6, description="RandAugment operations per image.")
+    init_from_teacher: bool = Field(False, description="Start from the teacher's weights when shapes match.")
+    ema_decay: float = Field(
+        0.0, ge=0, lt=1, description="Weight EMA decay for the evaluated student; 0 = off."
+    )
+    pseudo_loss_weight: float = Field(
+        1.0, ge=0, description="Weight of the soft cross-entropy on pseudo-labels."
+    )
+
+    @model_validator(mode="after")
+    def _schedules_not_empty(self) -> StudentConfig:
+        if not self.unlabeled_ratio or min(self.unlabeled_ratio) < 0:
+            raise ValueError("unlabeled_ratio must list at least one ratio >= 0")
+        if not self.randaugment_magnitude or not all(0 <= m <= 30 for m in self.randaugment_magnitude):
+            raise ValueError("randaugment_magnitude must list magnitudes between 0 and 30")
+        return self
+
+    def for_iteration(self, values: list, iteration: int):
+        return values[min(iteration - 1, len(values) - 1)]
+
+
 class PseudoLabelConfig(_Strict):
     """Teacher inference over the unlabeled shards and the Noisy Student filter/balance step."""
 
@@ -84,6 +129,9 @@ class PseudoLabelConfig(_Strict):
     confidence_threshold: float = Field(
         0.3, ge=0, le=1, description="Images whose top probability is below this are dropped."
     )
+    shards_per_task: int = Field(
+        2, ge=1, description="Unlabeled shards per parallel labeling task in the flows (the fan-out unit)."
+    )
     images_per_class: int | None = Field(
         None, ge=1, description="N kept per class after balancing; default: the median filtered class count."
     )
@@ -95,7 +143,19 @@ class RunConfig(_Strict):
         "auto", description="auto = CUDA when present (bf16 autocast, channels_last), else CPU."
     )
     data: DataConfig = Field(default_factory=DataConfig)
-    teacher: TrainConfig = Field(default_factory=TrainConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    student: StudentConfig = Field(
+        default_factory=lambda: StudentConfig(
+            batch_size=16,
+            steps=300,
+            lr=3e-3,
+            warmup_steps=15,
+            drop_rate=0.3,
+            drop_path_rate=0.1,
+            eval_every=50,
+            checkpoint_every=50,
+        )
+    )
     pseudolabel: PseudoLabelConfig = Field(default_factory=PseudoLabelConfig)
 
 

@@ -41,7 +41,7 @@ class TrainResult:
 
 @dataclass
 class TrainLoop:
-    """Everything the loop needs; `batches(start_sample)` returns an iterator from that position."""
+    """Everything the loop needs; `batches(start_step)` returns the batch iterator from that step on."""
 
     modules: dict[str, torch.nn.Module]
     optimizers: dict[str, torch.optim.Optimizer]
@@ -54,7 +54,6 @@ class TrainLoop:
     eval_every: int
     checkpoint_every: int
     checkpoint_dir: Path
-    samples_per_step: int
     desc: str = "train"
     progress_hooks: list[ProgressHook] = field(default_factory=list)
 
@@ -97,7 +96,7 @@ class TrainLoop:
                 extra_tensors={f"best.{k}": v for k, v in best_state.items()},
             )
 
-        it = self.batches(start * self.samples_per_step)
+        it = self.batches(start)
         bar = tqdm(
             total=self.steps,
             initial=start,

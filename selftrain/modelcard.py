@@ -9,7 +9,7 @@ import torch
 
 from selftrain.data.dataset_info import Dataset
 from selftrain.evaluate import EvalResult
-from selftrain.models import count_parameters
+from selftrain.models import count_flops, count_parameters
 
 
 def build_card(
@@ -40,6 +40,7 @@ def build_card(
         "in_chans": info.channels,
         "input_size": [info.channels, image_size, image_size],
         "params": count_parameters(model),
+        "flops": count_flops(model, info.channels, image_size),
         "val_accuracy": val.top1,
         "test_accuracy": test.top1,
         "val_count": val.count,

@@ -8,6 +8,11 @@ import torch
 from selftrain.errors import SelftrainError
 
 
+def _register_project_models() -> None:
+    """The project's own named models (the EfficientNet ladder) join timm's registry on import."""
+    import students.ladder  # noqa: F401
+
+
 def build_model(
     name: str,
     *,
@@ -17,6 +22,7 @@ def build_model(
     drop_path_rate: float = 0.0,
     field: str = "model",
 ) -> torch.nn.Module:
+    _register_project_models()
     if not timm.is_model(name):
         raise SelftrainError(
             f"{field}: unknown model {name!r}; use a timm model name such as resnet10t or efficientnet_b0"
@@ -32,3 +38,16 @@ def build_model(
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: torch.nn.Module, in_chans: int, resolution: int) -> int:
+    """Forward FLOPs of one image, counted by torch's own FlopCounterMode (not estimated)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, in_chans, resolution, resolution, device=next(model.parameters()).device))
+    model.train(was_training)
+    return int(counter.get_total_flops())

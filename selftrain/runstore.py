@@ -199,6 +199,55 @@ class RunStore:
         except SafetensorError as exc:
             raise SelftrainError(f"{path}: not a valid safetensors file ({exc})") from None
 
+    # -- the Noisy Student loop ---------------------------------------------------------------
+    def iterations_done(self) -> list[int]:
+        return sorted(
+            int(k)
+            for k, it in self.manifest()["iterations"].items()
+            if it.get("stages", {}).get("train", {}).get("state") == "done"
+        )
+
+    def next_iteration(self) -> int:
+        """The first iteration whose model is not trained yet (0 = the teacher)."""
+        done = set(self.iterations_done())
+        k = 0
+        while k in done:
+            k += 1
+        return k
+
+    def promote(self, k: int) -> None:
+        """Iteration k's student becomes the teacher that labels data for iteration k + 1."""
+        manifest = self.manifest()
+        manifest["teacher_iteration"] = k
+        manifest["iterations"][str(k)]["stages"]["promote"] = {"state": "done", "updated": time.time()}
+        self._write_manifest(manifest)
+
+    def branch_from(self, k: int) -> Path | None:
+        """Keep iterations <= k; move later ones to RUN/branches/ (results are never deleted)."""
+        done = self.iterations_done()
+        if k not in done:
+            raise SelftrainError(
+                f"from_iteration={k}: iteration {k} has no trained model in {self.root}; trained: {done}"
+            )
+        manifest = self.manifest()
+        later = sorted(int(i) for i in manifest["iterations"] if int(i) > k)
+        if not later and not (self.iter_dir(k) / "pseudo").exists():
+            return None
+        archive = self.root / "branches" / f"after-{k:03d}-{time.strftime('%Y%m%d-%H%M%S')}"
+        archive.mkdir(parents=True)
+        for i in later:
+            if self.iter_dir(i).exists():
+                os.replace(self.iter_dir(i), archive / self.iter_dir(i).name)
+            manifest["iterations"].pop(str(i))
+        # Iteration k's pseudo-labels fed the old k+1; the new branch labels afresh.
+        if (self.iter_dir(k) / "pseudo").exists():
+            os.replace(self.iter_dir(k) / "pseudo", archive / f"{self.iter_dir(k).name}-pseudo")
+        manifest["iterations"][str(k)].get("stages", {}).pop("pseudolabel", None)
+        manifest["teacher_iteration"] = k
+        atomic.write_json(archive / MANIFEST, {"branched_from": k, "iterations": later})
+        self._write_manifest(manifest)
+        return archive
+
     # -- status -------------------------------------------------------------------------------
     def status_rows(self) -> list[dict[str, Any]]:
         rows = []
@@ -213,13 +262,16 @@ class RunStore:
                 "val_accuracy": None,
                 "test_accuracy": None,
                 "state": state,
+                "flops": None,
+                "labeled_batch": None,
+                "unlabeled_batch": None,
+                "unlabeled_ratio": None,
+                "pseudo_label_accuracy": None,
             }
             if state == "done":
                 card = self.card(k)
-                row.update(
-                    params=card["params"],
-                    val_accuracy=card["val_accuracy"],
-                    test_accuracy=card["test_accuracy"],
-                )
+                fixed = ("iteration", "role", "state")
+                row.update({f: card[f] for f in row if f in card and f not in fixed})
+                row["model"] = card["architecture"]
             rows.append(row)
         return rows

@@ -14,7 +14,7 @@ from selftrain.config import AugmentConfig
 MEAN, STD = 0.5, 0.5
 
 
-def _to_tensor(channels: int) -> list:
+def to_tensor_ops(channels: int) -> list:
     return [
         v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True),
@@ -24,10 +24,15 @@ def _to_tensor(channels: int) -> list:
 
 def eval_transform(image_size: int, channels: int) -> v2.Compose:
     """Deterministic: what the un-noised teacher and every evaluation see."""
-    return v2.Compose([v2.Resize((image_size, image_size), antialias=True), *_to_tensor(channels)])
+    return v2.Compose([v2.Resize((image_size, image_size), antialias=True), *to_tensor_ops(channels)])
 
 
 def train_transform(image_size: int, channels: int, augment: AugmentConfig) -> v2.Compose:
+    """Weak augmentation for supervised training: resize, random affine, optional flip."""
+    return v2.Compose([*weak_augment_ops(image_size, augment), *to_tensor_ops(channels)])
+
+
+def weak_augment_ops(image_size: int, augment: AugmentConfig) -> list:
     ops: list = [v2.Resize((image_size, image_size), antialias=True)]
     if augment.rotate_degrees or augment.translate or augment.scale_min != 1 or augment.scale_max != 1:
         ops.append(
@@ -39,4 +44,4 @@ def train_transform(image_size: int, channels: int, augment: AugmentConfig) -> v
         )
     if augment.hflip:
         ops.append(v2.RandomHorizontalFlip())
-    return v2.Compose([*ops, *_to_tensor(channels)])
+    return ops

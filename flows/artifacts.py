@@ -1,0 +1,89 @@
+"""What the Prefect UI shows: live progress, the per-iteration table, a summary with the plot.
+
+Image artifacts only link to a URL the browser must reach, and these machines have no public
+URL; the plot is therefore embedded in the markdown artifact as a base64 `data:` image, which the
+UI renders inline with no network access.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+from selftrain.report import TABLE_COLUMNS, _fmt, accuracy_plot_png, markdown_table
+from selftrain.runstore import RunStore
+
+
+def _key(text: str) -> str:
+    """Artifact keys must match ^[a-z0-9-]*$."""
+    return "".join(c if c.isalnum() or c == "-" else "-" for c in text.lower())
+
+
+class ProgressArtifact:
+    """An engine progress hook that keeps a Prefect progress artifact current (at most every 2 s)."""
+
+    def __init__(self, description: str, min_interval_s: float = 2.0):
+        self.id = create_progress_artifact(progress=0.0, description=description)
+        self.min_interval_s = min_interval_s
+        self._last = 0.0
+
+    def __call__(self, step: int, total: int, metrics: dict[str, float]) -> None:
+        now = time.monotonic()
+        if step < total and now - self._last < self.min_interval_s:
+            return
+        self._last = now
+        update_progress_artifact(artifact_id=self.id, progress=100.0 * step / total)
+
+
+def publish_run_report(store: RunStore, flow_name: str) -> None:
+    rows = store.status_rows()
+    name = _key(store.root.name) or "run"
+    create_table_artifact(
+        key=f"{_key(flow_name)}-{name}-metrics",
+        table=[{head: _fmt(key, r.get(key)) for key, head in TABLE_COLUMNS} for r in rows],
+        description=f"Per-iteration metrics of {store.root}",
+    )
+    png = base64.b64encode(accuracy_plot_png(rows, f"accuracy per iteration: {store.root.name}")).decode()
+    best = max((r for r in rows if r.get("test_accuracy") is not None), key=lambda r: r["iteration"], default=None)
+    summary: list[str] = [f"# {flow_name}: `{store.root}`", ""]
+    if best is not None:
+        summary.append(
+            f"Latest model: iteration {best['iteration']} ({best['role']}, {best['model']}), "
+            f"val {_fmt('val_accuracy', best['val_accuracy'])}, test {_fmt('test_accuracy', best['test_accuracy'])}."
+        )
+    summary += ["", markdown_table(rows), "", f"![accuracy per iteration](data:image/png;base64,{png})", ""]
+    create_markdown_artifact(
+        key=f"{_key(flow_name)}-{name}-summary", markdown="\n".join(summary), description="Run summary"
+    )
+
+
+def publish_iteration_summary(store: RunStore, iteration: int, extra: dict[str, Any] | None = None) -> None:
+    card = store.card(iteration)
+    lines = [
+        f"## Iteration {iteration}: {card['role']} `{card['architecture']}`",
+        "",
+        f"- parameters: {card['params']:,}; FLOPs per image: {card.get('flops') or 0:,}",
+        f"- val top-1: {_fmt('val_accuracy', card['val_accuracy'])}; test top-1: {_fmt('test_accuracy', card['test_accuracy'])}",
+        f"- best step (chosen on val): {card['best_step']} of {card['steps']}; skipped samples: {card['skipped_samples']}",
+    ]
+    if card.get("unlabeled_batch") is not None:
+        lines.append(
+            f"- batches: {card['labeled_batch']} labeled + {card['unlabeled_batch']} pseudo-labeled "
+            f"(ratio {card['unlabeled_ratio']}); RandAugment magnitude {card['randaugment_magnitude']}"
+        )
+    if card.get("pseudo_label_accuracy") is not None:
+        lines.append(f"- accuracy of the pseudo-labels it learned from: {_fmt('pseudo_label_accuracy', card['pseudo_label_accuracy'])}")
+    for key, value in (extra or {}).items():
+        lines.append(f"- {key}: {value}")
+    create_markdown_artifact(
+        key=f"{_key(store.root.name) or 'run'}-iter-{iteration}", markdown="\n".join(lines),
+        description=f"Iteration {iteration} summary",
+    )

@@ -1,0 +1,162 @@
+"""The `noisy-student` flow: Noisy Student (Xie et al. 2020, Algorithm 1) over a run directory.
+
+    selftrain run noisy-student --data data/digits --run-dir runs/demo --iterations 3
+    prefect deployment run noisy-student/iter --param run_dir=runs/demo
+
+Each iteration k >= 1: the current teacher (iteration k-1, un-noised) labels the unlabeled shards
+(fanned out over shard groups), the labels are filtered and balanced, a noised equal-or-larger
+student is trained on labeled + pseudo-labeled batches, evaluated, and promoted to teacher.
+Iteration 0, the supervised teacher, is trained first when the run has none. The run directory's
+manifest records every finished stage; a stage that is done is never redone, so re-running the
+same command (or deployment) after a kill continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import flows  # noqa: F401  (sets Prefect's extra loggers before Prefect is imported)
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+
+from selftrain.config import RunConfig
+from selftrain.evaluate import EvalResult
+from selftrain.report import write_accuracy_plot
+from selftrain.stage import evaluate_split
+
+from flows.artifacts import ProgressArtifact, publish_iteration_summary, publish_run_report
+from flows.run_context import open_run, reopen
+from pseudolabel.label_shards import label_shards
+from pseudolabel.selection import write_selection
+from students.noisy_student import train_student
+from teachers.supervised import train_teacher
+
+
+@task(name="train-teacher")
+def train_teacher_task(run_dir: str, cfg: RunConfig) -> dict[str, Any]:
+    ctx = reopen(run_dir, cfg)
+    if ctx.store.stage_state(0, "train") == "done":
+        return ctx.store.card(0)
+    hook = ProgressArtifact("teacher (iteration 0) training")
+    return train_teacher(ctx.store, ctx.dataset, ctx.cfg, ctx.device, progress_hooks=[hook])
+
+
+@task(name="pseudolabel-shards")
+def pseudolabel_shards_task(run_dir: str, cfg: RunConfig, iteration: int, shards: list[int]) -> list[dict]:
+    """One unit of parallel work: label a group of shards (complete sidecars are reused)."""
+    ctx = reopen(run_dir, cfg)
+    result = label_shards(ctx.store, ctx.dataset, iteration, shards, ctx.cfg, ctx.device)
+    return [vars(o) for o in result.shards]
+
+
+@task(name="balance")
+def balance_task(run_dir: str, cfg: RunConfig, iteration: int) -> dict[str, Any]:
+    ctx = reopen(run_dir, cfg)
+    stats = write_selection(ctx.store, ctx.dataset, iteration, ctx.cfg)
+    ctx.store.mark_stage(iteration, "pseudolabel", "done", artifacts=stats.pop("artifacts"))
+    return stats
+
+
+@task(name="train-student")
+def train_student_task(run_dir: str, cfg: RunConfig, iteration: int) -> dict[str, Any]:
+    ctx = reopen(run_dir, cfg)
+    if ctx.store.stage_state(iteration, "train") == "done":
+        return ctx.store.card(iteration)
+    hook = ProgressArtifact(f"student (iteration {iteration}) training")
+    return train_student(ctx.store, ctx.dataset, ctx.cfg, ctx.device, iteration, progress_hooks=[hook])
+
+
+@task(name="evaluate")
+def evaluate_task(run_dir: str, cfg: RunConfig, iteration: int) -> dict[str, float]:
+    """Reload the saved weights (checksum-verified) and re-measure val and test."""
+    from selftrain.device import prepare_model
+    from selftrain.models import build_model
+
+    ctx = reopen(run_dir, cfg)
+    weights, card = ctx.store.load_weights(iteration)
+    model = build_model(card["architecture"], num_classes=card["num_classes"], in_chans=card["in_chans"])
+    model.load_state_dict(weights)
+    model = prepare_model(model, ctx.device)
+    results: dict[str, EvalResult] = {
+        split: evaluate_split(model, ctx.dataset, split, ctx.cfg, ctx.device, card["input_size"][-1])[0]
+        for split in ("val", "test")
+    }
+    measured = {f"{s}_accuracy": r.top1 for s, r in results.items()}
+    ctx.store.mark_stage(iteration, "evaluate", "done", **measured)
+    write_accuracy_plot(ctx.store)
+    publish_iteration_summary(ctx.store, iteration, {"re-measured from saved weights": measured})
+    return measured
+
+
+@task(name="promote")
+def promote_task(run_dir: str, cfg: RunConfig, iteration: int) -> int:
+    reopen(run_dir, cfg).store.promote(iteration)
+    return iteration
+
+
+def shard_groups(num_shards: int, per_task: int) -> list[list[int]]:
+    return [list(range(i, min(i + per_task, num_shards))) for i in range(0, num_shards, per_task)]
+
+
+def run_pseudolabel_stage(run_dir: str, cfg: RunConfig, teacher_iteration: int, num_shards: int) -> None:
+    """Fan out over shard groups, then fan in to the selection (once every shard is labeled)."""
+    groups = shard_groups(num_shards, cfg.pseudolabel.shards_per_task)
+    futures = pseudolabel_shards_task.map(run_dir, cfg, teacher_iteration, groups)
+    futures.wait()
+    for f in futures:
+        f.result()  # re-raise the first failure with its message
+    balance_task(run_dir, cfg, teacher_iteration)
+
+
+@flow(name="noisy-student", validate_parameters=True)
+def noisy_student(
+    run_dir: str,
+    data: str | None = None,
+    config: str | dict[str, Any] | None = None,
+    iterations: int = 1,
+    from_iteration: int | None = None,
+) -> list[dict[str, Any]]:
+    """Noisy Student self-training over a run directory.
+
+    Args:
+        run_dir: Run directory (created if new). Its manifest records finished stages; a re-run
+            continues where the last one stopped.
+        data: Data set folder holding dataset.json. Required for a new run; may be omitted once
+            the run directory records it.
+        config: YAML config file path, or inline overrides such as {"student.steps": 200} or
+            "student.steps=200,seed=1". Unknown keys are rejected.
+        iterations: Noisy Student iterations (students) this flow run trains. The supervised
+            teacher (iteration 0) is trained first when the run has none and does not count.
+        from_iteration: Start a new branch from saved iteration K: iterations after K are moved to
+            RUN/branches/ and a new K+1 is trained.
+    """
+    if iterations < 1:
+        raise ValueError(f"iterations: must be at least 1 (got {iterations})")
+    logger = get_run_logger()
+    ctx = open_run(run_dir, data, config)
+    store, cfg = ctx.store, ctx.cfg
+    if from_iteration is not None:
+        archive = store.branch_from(from_iteration)
+        logger.info("branching from iteration %d; later iterations moved to %s", from_iteration, archive)
+
+    if store.stage_state(0, "train") != "done":
+        train_teacher_task(run_dir, cfg)
+        evaluate_task(run_dir, cfg, 0)
+    for k in store.iterations_done():  # a run killed between a student's training and its promotion
+        if k >= 1 and store.stage_state(k, "evaluate") != "done":
+            evaluate_task(run_dir, cfg, k)
+        if k >= 1 and store.stage_state(k, "promote") != "done":
+            promote_task(run_dir, cfg, k)
+    num_shards = len(ctx.dataset.split("unlabeled").shards)
+    for _ in range(iterations):
+        k = store.next_iteration()
+        teacher = k - 1
+        logger.info("iteration %d: teacher is iteration %d", k, teacher)
+        if store.stage_state(teacher, "pseudolabel") != "done":
+            run_pseudolabel_stage(run_dir, cfg, teacher, num_shards)
+        train_student_task(run_dir, cfg, k)
+        if store.stage_state(k, "evaluate") != "done":
+            evaluate_task(run_dir, cfg, k)
+        promote_task(run_dir, cfg, k)
+    publish_run_report(store, "noisy-student")
+    return store.status_rows()

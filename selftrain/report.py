@@ -1,0 +1,92 @@
+"""What a person looks at after a run: the per-iteration table and the accuracy plot.
+
+Plain functions over the run directory; the CLI prints them, the flows publish them as Prefect
+artifacts. The plot is drawn with matplotlib's object API on the Agg canvas (no display, no
+pyplot global state), so it works in worker threads and on headless machines.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from selftrain import atomic
+from selftrain.runstore import RunStore
+
+PLOT_NAME = "accuracy.png"
+TABLE_COLUMNS = [
+    ("iteration", "iter"),
+    ("role", "role"),
+    ("model", "model"),
+    ("params", "params"),
+    ("labeled_batch", "labeled B"),
+    ("unlabeled_batch", "unlabeled B"),
+    ("pseudo_label_accuracy", "pseudo-label acc"),
+    ("val_accuracy", "val acc"),
+    ("test_accuracy", "test acc"),
+]
+
+
+def _fmt(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key == "params":
+        return f"{value / 1e6:.2f}M"
+    if key == "flops":
+        return f"{value / 1e6:.1f}M"
+    if isinstance(value, float):
+        return f"{value * 100:.2f}%" if "accuracy" in key else f"{value:g}"
+    return str(value)
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]] = TABLE_COLUMNS) -> str:
+    cells = [[_fmt(key, r.get(key)) for key, _ in columns] for r in rows]
+    heads = [h for _, h in columns]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(heads)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]] = TABLE_COLUMNS) -> str:
+    lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(k, r.get(k)) for k, _ in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def accuracy_plot_png(rows: list[dict[str, Any]], title: str) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    done = [r for r in rows if r.get("test_accuracy") is not None]
+    fig = Figure(figsize=(6.4, 4.0), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    its = [r["iteration"] for r in done]
+    for key, label, style in (
+        ("test_accuracy", "test", "o-"),
+        ("val_accuracy", "val", "s--"),
+        ("pseudo_label_accuracy", "pseudo-labels used", "^:"),
+    ):
+        pts = [(r["iteration"], r[key] * 100) for r in done if r.get(key) is not None]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
+    for r in done:
+        ax.annotate(r.get("model") or "", (r["iteration"], r["test_accuracy"] * 100), textcoords="offset points",
+                    xytext=(0, 8), ha="center", fontsize=7)
+    ax.set_xticks(its or [0])
+    ax.set_xlabel("iteration (0 = teacher)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def write_accuracy_plot(store: RunStore) -> Path:
+    path = store.root / PLOT_NAME
+    atomic.write_bytes(path, accuracy_plot_png(store.status_rows(), f"accuracy per iteration: {store.root.name}"))
+    return path

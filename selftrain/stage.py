@@ -1,0 +1,110 @@
+"""One training stage, recorded in the run directory: the part teacher and students share.
+
+Marks the stage running, runs the `TrainLoop` (which resumes from its own checkpoints), restores
+the weights chosen on val, evaluates val and test, writes weights and model card atomically, and
+only then marks the stage done. A stage that fails is marked failed and leaves no model files.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from selftrain.config import RunConfig
+from selftrain.data.dataset_info import Dataset
+from selftrain.data.stream import SplitStream, make_loader
+from selftrain.engine import TrainLoop
+from selftrain.evaluate import EvalResult, evaluate
+from selftrain.modelcard import build_card
+from selftrain.runstore import RunStore
+from selftrain.transforms import eval_transform
+
+log = logging.getLogger("selftrain.stage")
+
+
+def evaluate_split(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    split: str,
+    cfg: RunConfig,
+    device: torch.device,
+    image_size: int,
+) -> tuple[EvalResult, int]:
+    """One deterministic pass over a labeled split; returns the result and the skipped count."""
+    stream = SplitStream(
+        dataset,
+        split,
+        eval_transform(image_size, dataset.info.channels),
+        verify_checksums=cfg.data.verify_checksums,
+        skip_corrupt=cfg.data.skip_corrupt,
+    )
+    loader = make_loader(stream, 256, cfg.data.num_workers, device)
+    return evaluate(model, loader, dataset.info.num_classes, device), stream.skipped.count
+
+
+def val_scorer(
+    model: torch.nn.Module, dataset: Dataset, cfg: RunConfig, device: torch.device, image_size: int
+):
+    """The engine's `evaluate` callback (val only: test never guides selection)."""
+    skipped = [0]
+
+    def score() -> float:
+        result, skipped[0] = evaluate_split(model, dataset, "val", cfg, device, image_size)
+        return result.top1
+
+    return score, skipped
+
+
+def train_and_record(
+    *,
+    store: RunStore,
+    dataset: Dataset,
+    cfg: RunConfig,
+    device: torch.device,
+    iteration: int,
+    role: str,
+    architecture: str,
+    image_size: int,
+    loop: TrainLoop,
+    selected_model: torch.nn.Module,
+    val_skipped: list[int],
+    train_streams: list[SplitStream],
+    card_extra: Callable[[], dict[str, Any]],
+) -> dict[str, Any]:
+    store.mark_stage(iteration, "train", "running", role=role, model=architecture)
+    try:
+        result = loop.run()
+        selected_model.load_state_dict(result.best_state)
+        val, _ = evaluate_split(selected_model, dataset, "val", cfg, device, image_size)
+        test, test_skipped = evaluate_split(selected_model, dataset, "test", cfg, device, image_size)
+        skipped = sum(s.skipped.count for s in train_streams) + val_skipped[0] + test_skipped
+        card = build_card(
+            iteration=iteration,
+            role=role,
+            architecture=architecture,
+            model=selected_model,
+            dataset=dataset,
+            image_size=image_size,
+            val=val,
+            test=test,
+            history=result.history,
+            best_step=result.best_step,
+            steps=result.steps,
+            skipped_samples=skipped,
+            seed=cfg.seed,
+            device=device,
+            extra={"resumed_from_step": result.resumed_from, **card_extra()},
+        )
+        artifacts = store.save_model(iteration, selected_model.state_dict(), card)
+    except BaseException as exc:
+        state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        store.mark_stage(iteration, "train", state, error=str(exc)[:500])
+        raise
+    store.mark_stage(iteration, "train", "done", artifacts=artifacts)
+    shutil.rmtree(store.iter_dir(iteration) / "checkpoints", ignore_errors=True)  # the model is saved
+    log.info("%s %d: val %.4f test %.4f (%d skipped samples)", role, iteration, val.top1, test.top1, skipped)
+    return card

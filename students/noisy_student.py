@@ -1,0 +1,234 @@
+"""Noisy Student training of one iteration's student (Xie et al. 2020, Algorithm 1 steps 2-3).
+
+Every step takes a labeled batch of B and a pseudo-labeled batch of r*B drawn from the balanced
+selection of the previous model's soft labels (r = 14 in iteration 1 and 28 from iteration 2 on in
+the paper's schedule, `student.unlabeled_ratio` here), runs both through the *noised* student in
+one forward pass (so BatchNorm sees both, as in the reference implementation) and minimises
+
+    CE(labeled, label smoothing) + w * soft-CE(pseudo-labeled, teacher probabilities).
+
+Noise is on the student only: RandAugment on its inputs, dropout and stochastic depth in its body.
+The student must be equal to or larger than its teacher.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from timm.utils import ModelEmaV3
+
+from pseudolabel.label_shards import pseudo_dir
+from pseudolabel.selection import read_selection
+from selftrain.config import RunConfig, StudentConfig
+from selftrain.data.dataset_info import Dataset
+from selftrain.data.stream import make_loader
+from selftrain.device import autocast, prepare_model, seed_everything, to_device
+from selftrain.engine import ProgressHook, TrainLoop
+from selftrain.errors import SelftrainError
+from selftrain.models import build_model, count_parameters
+from selftrain.optim import build_optimizer, build_scheduler
+from selftrain.runstore import RunStore
+from selftrain.stage import train_and_record, val_scorer
+from students.ladder import ladder_phi, ladder_step
+from students.noise import noised_transform
+from students.pseudo_stream import PseudoLabeledStream
+from teachers.supervised import labeled_batches
+
+log = logging.getLogger("selftrain.student")
+
+
+def student_model_name(cfg: StudentConfig, iteration: int) -> str:
+    if cfg.models:
+        return cfg.for_iteration(cfg.models, iteration)
+    return f"effnet_ladder_{cfg.ladder_start + iteration - 1}"
+
+
+def input_size_for(model_name: str, default: int) -> int:
+    """Ladder models bring their compound-scaled resolution; other models use data.image_size."""
+    phi = ladder_phi(model_name)
+    return ladder_step(phi).resolution if phi is not None else default
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def noisy_student_step(
+    model,
+    optimizer,
+    scheduler,
+    labeled,
+    pseudo,
+    *,
+    label_smoothing: float,
+    pseudo_weight: float,
+    device: torch.device,
+    ema: ModelEmaV3 | None = None,
+) -> dict[str, float]:
+    x_l, y = to_device(labeled[0], device), labeled[1].to(device)
+    x_u, p = to_device(pseudo[0], device), pseudo[1].to(device)
+    with autocast(device):
+        logits = model(torch.cat([x_l, x_u])).float()
+    loss_l = F.cross_entropy(logits[: len(x_l)], y, label_smoothing=label_smoothing)
+    loss_u = soft_cross_entropy(logits[len(x_l) :], p)
+    loss = loss_l + pseudo_weight * loss_u
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    if ema is not None:
+        ema.update(model)
+    return {
+        "loss": loss.item(),
+        "loss_labeled": loss_l.item(),
+        "loss_pseudo": loss_u.item(),
+        "labeled_samples": float(len(x_l)),
+        "pseudo_samples": float(len(x_u)),
+    }
+
+
+def _init_from(student: torch.nn.Module, teacher_weights: dict[str, torch.Tensor]) -> int:
+    """Copy every teacher tensor whose name and shape match; returns how many were copied."""
+    own = student.state_dict()
+    matching = {k: v for k, v in teacher_weights.items() if k in own and own[k].shape == v.shape}
+    student.load_state_dict(matching, strict=False)
+    return len(matching)
+
+
+def train_student(
+    store: RunStore,
+    dataset: Dataset,
+    cfg: RunConfig,
+    device: torch.device,
+    iteration: int,
+    progress_hooks: list[ProgressHook] | None = None,
+) -> dict:
+    """Train iteration `iteration`'s student on iteration `iteration - 1`'s balanced pseudo-labels."""
+    if iteration < 1:
+        raise SelftrainError(
+            f"student iteration must be 1 or more (got {iteration}); iteration 0 is the teacher"
+        )
+    sc = cfg.student
+    teacher_it = iteration - 1
+    teacher_weights, teacher_card = store.load_weights(teacher_it)
+    selection = read_selection(store, teacher_it)
+    dataset.check_files(["labeled", "unlabeled", "val", "test"])
+    seed_everything(cfg.seed + iteration)
+
+    name = student_model_name(sc, iteration)
+    size, chans = input_size_for(name, cfg.data.image_size), dataset.info.channels
+    model = build_model(
+        name,
+        num_classes=dataset.info.num_classes,
+        in_chans=chans,
+        drop_rate=sc.drop_rate,
+        drop_path_rate=sc.drop_path_rate,
+        field="student.models",
+    )
+    if count_parameters(model) < teacher_card["params"]:
+        raise SelftrainError(
+            f"student.models: {name} ({count_parameters(model):,} parameters) is smaller than its teacher "
+            f"{teacher_card['architecture']} ({teacher_card['params']:,}); Noisy Student needs an equal-or-larger student"
+        )
+    if sc.init_from_teacher:
+        log.info("initialised %d tensors from the teacher", _init_from(model, teacher_weights))
+    model = prepare_model(model, device)
+    ema = ModelEmaV3(model, decay=sc.ema_decay) if sc.ema_decay > 0 else None
+    optimizer = build_optimizer(model, sc)
+    scheduler = build_scheduler(optimizer, sc)
+
+    ratio = sc.for_iteration(sc.unlabeled_ratio, iteration)
+    magnitude = sc.for_iteration(sc.randaugment_magnitude, iteration)
+    noise = noised_transform(size, chans, sc.augment, magnitude, sc.randaugment_ops)
+    seed = cfg.seed + iteration
+    labeled, streams = labeled_batches(dataset, cfg, sc, device, seed, noise)
+    pseudo_batch = ratio * sc.batch_size
+    copies = {k: int(v) for k, v in selection["copies"].items()}
+
+    def batches(start_step: int) -> Iterator:
+        labeled_it = labeled(start_step)
+        if pseudo_batch == 0:
+            return ((b, None) for b in labeled_it)
+        stream = PseudoLabeledStream(
+            dataset,
+            noise,
+            pseudo_dir=pseudo_dir(store, teacher_it),
+            copies=copies,
+            seed=seed,
+            start_sample=start_step * pseudo_batch,
+            shuffle_buffer=cfg.data.shuffle_buffer,
+            verify_checksums=cfg.data.verify_checksums,
+            skip_corrupt=cfg.data.skip_corrupt,
+        )
+        streams.append(stream)
+        return zip(
+            labeled_it, iter(make_loader(stream, pseudo_batch, cfg.data.num_workers, device)), strict=False
+        )
+
+    def step_fn(batch, step: int) -> dict[str, float]:
+        lab, pse = batch
+        if pse is None:  # ratio 0: the student learns from labeled data alone (an ablation)
+            empty = (lab[0][:0], torch.zeros(0, dataset.info.num_classes))
+            pse = empty
+        return noisy_student_step(
+            model,
+            optimizer,
+            scheduler,
+            lab,
+            pse,
+            label_smoothing=sc.label_smoothing,
+            pseudo_weight=sc.pseudo_loss_weight,
+            device=device,
+            ema=ema,
+        )
+
+    selected = ema.module if ema is not None else model
+    score, val_skipped = val_scorer(selected, dataset, cfg, device, size)
+    modules = {"model": model, **({"ema": ema.module} if ema is not None else {})}
+    loop = TrainLoop(
+        modules=modules,
+        optimizers={"model": optimizer},
+        schedulers={"model": scheduler},
+        step_fn=step_fn,
+        batches=batches,
+        evaluate=score,
+        selected="ema" if ema is not None else "model",
+        steps=sc.steps,
+        eval_every=sc.eval_every,
+        checkpoint_every=sc.checkpoint_every,
+        checkpoint_dir=store.iter_dir(iteration) / "checkpoints",
+        desc=f"student iter {iteration}",
+        progress_hooks=progress_hooks or [],
+    )
+    accuracy = (selection.get("stats") or {}).get("accuracy") or {}
+    return train_and_record(
+        store=store,
+        dataset=dataset,
+        cfg=cfg,
+        device=device,
+        iteration=iteration,
+        role="student",
+        architecture=name,
+        image_size=size,
+        loop=loop,
+        selected_model=selected,
+        val_skipped=val_skipped,
+        train_streams=streams,
+        card_extra=lambda: {
+            "teacher_iteration": teacher_it,
+            "teacher_params": teacher_card["params"],
+            "labeled_batch": sc.batch_size,
+            "unlabeled_batch": pseudo_batch,
+            "unlabeled_ratio": ratio,
+            "randaugment_magnitude": magnitude,
+            "drop_rate": sc.drop_rate,
+            "drop_path_rate": sc.drop_path_rate,
+            "ema_decay": sc.ema_decay,
+            # Of the teacher's labels on the whole unlabeled split; None where truth is unknown.
+            "pseudo_label_accuracy": (accuracy.get("before_filter") or {}).get("accuracy"),
+            "pseudo_label_accuracy_detail": accuracy or None,
+        },
+    )

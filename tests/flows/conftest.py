@@ -1,0 +1,24 @@
+"""One Prefect test harness per session (it takes seconds to start), with PREFECT_HOME in a temp dir."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+from tests.conftest import QUICK_TEACHER
+from tests.students.conftest import QUICK_STUDENT
+
+FLOW_CONFIG = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in [*QUICK_TEACHER, *QUICK_STUDENT]}
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    home = tempfile.mkdtemp(prefix="prefect-home-")
+    os.environ["PREFECT_HOME"] = home
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield PREFECT_API_URL.value()

@@ -1,0 +1,99 @@
+import json
+
+import pytest
+import torch
+
+from selftrain.config import load_config
+from selftrain.data.dataset_info import load_dataset
+from selftrain.errors import SelftrainError
+from selftrain.runstore import RunStore
+from students.noise import noised_transform
+from students.noisy_student import noisy_student_step, train_student
+from students.pseudo_stream import PseudoLabeledStream
+from pseudolabel.label_shards import pseudo_dir
+from pseudolabel.selection import read_selection
+from tests.conftest import QUICK_TEACHER
+from tests.students.conftest import QUICK_STUDENT
+
+
+def _train(run, *overrides):
+    store = RunStore(run)
+    cfg = load_config(None, [*QUICK_TEACHER, *QUICK_STUDENT, *overrides])
+    return train_student(store, load_dataset(store.data_dir()), cfg, torch.device("cpu"), 1)
+
+
+def test_every_step_takes_b_labeled_and_r_times_b_pseudo_labeled(run_copy):
+    card = _train(run_copy)
+    assert (card["labeled_batch"], card["unlabeled_batch"], card["unlabeled_ratio"]) == (4, 12, 3)
+    for row in card["loss_curve"]:
+        assert row["labeled_samples"] == 4 and row["pseudo_samples"] == 12
+    assert card["role"] == "student" and card["teacher_iteration"] == 0
+    assert card["pseudo_label_accuracy"] is not None
+
+
+def test_ratio_schedule_is_per_iteration():
+    cfg = load_config(None, ["student.unlabeled_ratio=[14, 28]"])
+    assert [cfg.student.for_iteration(cfg.student.unlabeled_ratio, k) for k in (1, 2, 3, 7)] == [14, 28, 28, 28]
+
+
+def test_pseudo_stream_repeats_images_as_the_selection_says(labeled_run):
+    store = RunStore(labeled_run)
+    copies = {k: int(v) for k, v in read_selection(store, 0)["copies"].items()}
+    dataset = load_dataset(store.data_dir())
+    stream = PseudoLabeledStream(
+        dataset, lambda img: torch.zeros(1), pseudo_dir=pseudo_dir(store, 0), copies=copies, seed=0,
+    )
+    seen = 0
+    for _, target in stream:
+        assert target.shape == (10,) and abs(float(target.sum()) - 1) < 1e-3
+        seen += 1
+        if seen == stream.epoch_size:
+            break
+    assert stream.epoch_size == sum(copies.values())
+
+
+def test_noise_is_random_for_the_student_and_absent_for_teacher_inference():
+    from PIL import Image
+
+    from selftrain.config import AugmentConfig
+    from selftrain.transforms import eval_transform
+
+    img = Image.fromarray((torch.rand(8, 8) * 255).byte().numpy(), mode="L")
+    noisy = noised_transform(32, 1, AugmentConfig(), magnitude=9, num_ops=2)
+    assert not torch.equal(noisy(img), noisy(img))
+    clean = eval_transform(32, 1)
+    assert torch.equal(clean(img), clean(img))
+
+
+def test_student_smaller_than_teacher_is_refused(run_copy):
+    with pytest.raises(SelftrainError, match="smaller than its teacher"):
+        _train(run_copy, "student.models=[effnet_ladder_0]")
+
+
+def test_step_returns_loss_parts_and_updates_ema():
+    from timm.utils import ModelEmaV3
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    ema = ModelEmaV3(model, decay=0.5)
+    before = [p.clone() for p in ema.module.parameters()]
+    out = noisy_student_step(
+        model, opt, sched, (torch.randn(2, 4), torch.tensor([0, 1])),
+        (torch.randn(6, 4), torch.softmax(torch.randn(6, 3), 1)),
+        label_smoothing=0.0, pseudo_weight=1.0, device=torch.device("cpu"), ema=ema,
+    )
+    assert out["loss"] == pytest.approx(out["loss_labeled"] + out["loss_pseudo"], rel=1e-5)
+    assert (out["labeled_samples"], out["pseudo_samples"]) == (2, 6)
+    assert any(not torch.equal(a, b) for a, b in zip(before, ema.module.parameters(), strict=True))
+
+
+def test_status_json_has_noisy_student_fields(run_copy, capsys):
+    from selftrain.cli import main
+
+    _train(run_copy)
+    assert main(["status", "--run-dir", str(run_copy), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["iterations"]
+    assert [r["role"] for r in rows] == ["teacher", "student"]
+    assert rows[1]["unlabeled_ratio"] == 3 and 0 <= rows[1]["pseudo_label_accuracy"] <= 1
+    assert "pseudo_label_accuracy" in rows[0] and "unlabeled_ratio" in rows[0]
