@@ -52,7 +52,9 @@ def publish_run_report(store: RunStore, flow_name: str) -> None:
         description=f"Per-iteration metrics of {store.root}",
     )
     png = base64.b64encode(accuracy_plot_png(rows, f"accuracy per iteration: {store.root.name}")).decode()
-    best = max((r for r in rows if r.get("test_accuracy") is not None), key=lambda r: r["iteration"], default=None)
+    best = max(
+        (r for r in rows if r.get("test_accuracy") is not None), key=lambda r: r["iteration"], default=None
+    )
     summary: list[str] = [f"# {flow_name}: `{store.root}`", ""]
     if best is not None:
         summary.append(
@@ -80,10 +82,13 @@ def publish_iteration_summary(store: RunStore, iteration: int, extra: dict[str, 
             f"(ratio {card['unlabeled_ratio']}); RandAugment magnitude {card['randaugment_magnitude']}"
         )
     if card.get("pseudo_label_accuracy") is not None:
-        lines.append(f"- accuracy of the pseudo-labels it learned from: {_fmt('pseudo_label_accuracy', card['pseudo_label_accuracy'])}")
+        lines.append(
+            f"- accuracy of the pseudo-labels it learned from: {_fmt('pseudo_label_accuracy', card['pseudo_label_accuracy'])}"
+        )
     for key, value in (extra or {}).items():
         lines.append(f"- {key}: {value}")
     create_markdown_artifact(
-        key=f"{_key(store.root.name) or 'run'}-iter-{iteration}", markdown="\n".join(lines),
+        key=f"{_key(store.root.name) or 'run'}-iter-{iteration}",
+        markdown="\n".join(lines),
         description=f"Iteration {iteration} summary",
     )

@@ -13,21 +13,19 @@ same command (or deployment) after a kill continues where it stopped.
 
 from __future__ import annotations
 
-import flows  # noqa: F401  (sets Prefect's extra loggers before Prefect is imported)
-
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, task, unmapped
 
-from selftrain.config import RunConfig
-from selftrain.evaluate import EvalResult
-from selftrain.report import write_accuracy_plot
-from selftrain.stage import evaluate_split
-
+import flows  # noqa: F401  (sets Prefect's extra loggers before Prefect is imported)
 from flows.artifacts import ProgressArtifact, publish_iteration_summary, publish_run_report
 from flows.run_context import open_run, reopen
 from pseudolabel.label_shards import label_shards
 from pseudolabel.selection import write_selection
+from selftrain.config import RunConfig
+from selftrain.evaluate import EvalResult
+from selftrain.report import write_accuracy_plot
+from selftrain.stage import evaluate_split
 from students.noisy_student import train_student
 from teachers.supervised import train_teacher
 
@@ -101,7 +99,9 @@ def shard_groups(num_shards: int, per_task: int) -> list[list[int]]:
 def run_pseudolabel_stage(run_dir: str, cfg: RunConfig, teacher_iteration: int, num_shards: int) -> None:
     """Fan out over shard groups, then fan in to the selection (once every shard is labeled)."""
     groups = shard_groups(num_shards, cfg.pseudolabel.shards_per_task)
-    futures = pseudolabel_shards_task.map(run_dir, cfg, teacher_iteration, groups)
+    futures = pseudolabel_shards_task.map(
+        unmapped(run_dir), unmapped(cfg), unmapped(teacher_iteration), groups
+    )
     futures.wait()
     for f in futures:
         f.result()  # re-raise the first failure with its message
@@ -112,7 +112,7 @@ def run_pseudolabel_stage(run_dir: str, cfg: RunConfig, teacher_iteration: int, 
 def noisy_student(
     run_dir: str,
     data: str | None = None,
-    config: str | dict[str, Any] | None = None,
+    config: str | dict[str, Any] | list[str] | None = None,
     iterations: int = 1,
     from_iteration: int | None = None,
 ) -> list[dict[str, Any]]:
@@ -124,7 +124,8 @@ def noisy_student(
         data: Data set folder holding dataset.json. Required for a new run; may be omitted once
             the run directory records it.
         config: YAML config file path, or inline overrides such as {"student.steps": 200} or
-            "student.steps=200,seed=1". Unknown keys are rejected.
+            "student.steps=200,seed=1", or a list of a path and/or "key=value" items. Unknown keys
+            are rejected.
         iterations: Noisy Student iterations (students) this flow run trains. The supervised
             teacher (iteration 0) is trained first when the run has none and does not count.
         from_iteration: Start a new branch from saved iteration K: iterations after K are moved to

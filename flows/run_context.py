@@ -34,7 +34,10 @@ def config_arguments(config: str | dict[str, Any] | list[str] | None) -> tuple[s
         return config, []
     if isinstance(config, dict):
         return None, [f"{k}={json.dumps(v)}" for k, v in config.items()]
-    return None, list(config)
+    paths = [c for c in config if "=" not in c]
+    if len(paths) > 1:
+        raise SelftrainError(f"config: at most one config file, got {paths}")
+    return (paths[0] if paths else None), [c for c in config if "=" in c]
 
 
 def open_run(run_dir: str, data: str | None = None, config: str | dict | list | None = None) -> RunContext:
@@ -42,7 +45,9 @@ def open_run(run_dir: str, data: str | None = None, config: str | dict | list | 
     store = RunStore(run_dir)
     if data is None:
         if not store.exists():
-            raise SelftrainError(f"data: required to start a new run in {run_dir} (a data set folder with dataset.json)")
+            raise SelftrainError(
+                f"data: required to start a new run in {run_dir} (a data set folder with dataset.json)"
+            )
         data = str(store.data_dir())
     dataset = load_dataset(data)
     config_file, overrides = config_arguments(config)
@@ -53,4 +58,6 @@ def open_run(run_dir: str, data: str | None = None, config: str | dict | list | 
 def reopen(run_dir: str, cfg: RunConfig) -> RunContext:
     """Inside a task: the run exists and records its data; `cfg` is the flow's resolved config."""
     store = RunStore(run_dir)
-    return RunContext(store=store, dataset=load_dataset(store.data_dir()), cfg=cfg, device=resolve_device(cfg.device))
+    return RunContext(
+        store=store, dataset=load_dataset(store.data_dir()), cfg=cfg, device=resolve_device(cfg.device)
+    )

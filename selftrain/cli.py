@@ -2,6 +2,7 @@
 
 selftrain data digits --out data/digits
 selftrain teacher train --data data/digits --run-dir runs/demo
+selftrain pseudolabel --run-dir runs/demo --iteration 0
 selftrain status --run-dir runs/demo
 """
 
@@ -85,6 +86,38 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", choices=["auto", "cpu", "cuda"])
     ev.add_argument("--json", action="store_true")
 
+    pl = sub.add_parser(
+        "pseudolabel",
+        help="label the unlabeled shards with iteration K's model, then filter and balance",
+        description="Writes RUN/iter-K/pseudo/: a label sidecar per unlabeled shard, then selection.json "
+        "and confidence.png once every shard is labeled. Settings: the run config's `pseudolabel` section.",
+    )
+    pl.add_argument("--run-dir", required=True, type=Path)
+    pl.add_argument("--iteration", type=int, default=0, help="label with this iteration's model (default 0)")
+    pl.add_argument(
+        "--shards",
+        nargs="+",
+        metavar="SHARD",
+        help="only these unlabeled shards: indices or names (unlabeled-000003), space or comma separated",
+    )
+    pl.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override config `device`")
+    pl.add_argument(
+        "--skip-corrupt", action="store_true", help="skip unreadable samples with a warning and a count"
+    )
+    pl.add_argument("--json", action="store_true", help="print exactly one JSON object")
+
+    run = sub.add_parser("run", help="run a training loop in-process (Prefect's local ephemeral API)")
+    run.add_argument("loop", choices=["noisy-student"], help="which loop")
+    run.add_argument("--data", type=Path, help="data set folder (may be omitted once the run records it)")
+    run.add_argument("--run-dir", required=True, type=Path)
+    run.add_argument("--iterations", type=int, default=1, help="student iterations to train in this run")
+    run.add_argument("--from-iteration", type=int, help="branch: keep iterations <= K, train a new K+1")
+    _add_config_args(run)
+
+    rep = sub.add_parser("report", help="per-iteration table and accuracy plot of a run")
+    rep.add_argument("--run-dir", required=True, type=Path)
+    rep.add_argument("--json", action="store_true", help="print exactly one JSON object")
+
     st = sub.add_parser("status", help="one row per iteration of a run")
     st.add_argument("--run-dir", required=True, type=Path)
     st.add_argument("--json", action="store_true", help="print exactly one JSON object")
@@ -141,7 +174,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from selftrain.device import prepare_model, resolve_device
     from selftrain.models import build_model
     from selftrain.runstore import RunStore
-    from teachers.supervised import evaluate_split
+    from selftrain.stage import evaluate_split
 
     store = RunStore(args.run_dir)
     cfg = store.config()
@@ -156,8 +189,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     model = build_model(card["architecture"], num_classes=card["num_classes"], in_chans=card["in_chans"])
     model.load_state_dict(weights)
     model = prepare_model(model, device)
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"image_size": card["input_size"][-1]})})
-    result, skipped = evaluate_split(model, dataset, args.split, cfg, device)
+    result, skipped = evaluate_split(model, dataset, args.split, cfg, device, card["input_size"][-1])
     out = {
         "iteration": args.iteration,
         "split": args.split,
@@ -172,22 +204,149 @@ def cmd_eval(args: argparse.Namespace) -> None:
             print(f"  class {name}: {'-' if acc is None else f'{acc:.4f}'}")
 
 
+def cmd_pseudolabel(args: argparse.Namespace) -> None:
+    from pseudolabel.iteration import pseudolabel_iteration
+    from pseudolabel.label_shards import resolve_shards
+    from selftrain.data.dataset_info import load_dataset
+    from selftrain.device import resolve_device
+    from selftrain.runstore import RunStore
+
+    store = RunStore(args.run_dir)
+    store.manifest()  # a clear error when RUN is not a run directory
+    cfg = store.config()
+    shards = resolve_shards(load_dataset(store.data_dir()), args.shards)
+    out = pseudolabel_iteration(
+        store,
+        args.iteration,
+        shards=shards,
+        device=resolve_device(args.device or cfg.device),
+        skip_corrupt=True if args.skip_corrupt else None,
+    )
+    if args.json:
+        print(json.dumps(out))
+        return
+    lab = out["labeling"]
+    print(
+        f"{out['pseudo_dir']}: labeled {lab['labeled_shards']} shards ({lab['labeled_images']} images) "
+        f"in {lab['seconds']:.1f} s, reused {lab['reused_shards']}; {lab['mode']} labels, T={lab['temperature']:g}"
+        + (f"; {lab['skipped']} corrupt samples skipped" if lab["skipped"] else "")
+    )
+    sel = out["selection"]
+    if sel is None:
+        print(f"selection: waiting for {len(out['missing_shards'])} unlabeled shards")
+        return
+    print(
+        f"selection: {sel['confident']} of {sel['images']} images at confidence >= {sel['confidence_threshold']:g}; "
+        f"N = {sel['images_per_class']} per class ({sel['images_per_class_from']}) -> "
+        f"{sel['selected_copies']} copies of {sel['selected_images']} images"
+    )
+    if sel["accuracy"]:
+        acc = {k: v["accuracy"] if v else None for k, v in sel["accuracy"].items()}
+        shown = ", ".join(f"{k.replace('_', ' ')} {'-' if v is None else f'{v:.4f}'}" for k, v in acc.items())
+        print(f"pseudo-label accuracy: {shown}")
+    counts = sel["per_class"]
+    print(f"{'class':<12}{'predicted':>10}{'confident':>10}{'selected':>10}")
+    for name in counts["predicted"]:
+        print(
+            f"{name:<12}{counts['predicted'][name]:>10}{counts['confident'][name]:>10}{counts['selected'][name]:>10}"
+        )
+
+
+STATUS_COLUMNS = [
+    ("iteration", "iter"),
+    ("role", "role"),
+    ("model", "model"),
+    ("params", "params"),
+    ("flops", "FLOPs"),
+    ("unlabeled_ratio", "ratio"),
+    ("pseudo_label_accuracy", "pseudo-label acc"),
+    ("val_accuracy", "val acc"),
+    ("test_accuracy", "test acc"),
+    ("state", "state"),
+]
+
+
 def print_status(store, as_json: bool) -> None:
+    from selftrain.report import format_table
+
     rows = store.status_rows()
     if as_json:
         print(json.dumps({"iterations": rows}))
         return
-    cols = ["iteration", "role", "model", "params", "val_accuracy", "test_accuracy", "state"]
-    fmt = {
-        "params": lambda v: f"{v / 1e6:.2f}M",
-        "val_accuracy": "{:.4f}".format,
-        "test_accuracy": "{:.4f}".format,
-    }
-    table = [[("-" if r[c] is None else fmt.get(c, str)(r[c])) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(t[i]) for t in table)) if table else len(c) for i, c in enumerate(cols)]
-    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
-    for t in table:
-        print("  ".join(v.ljust(w) for v, w in zip(t, widths, strict=True)))
+    print(format_table(rows, STATUS_COLUMNS))
+    ladder = _ladder_rows(store, rows)
+    if ladder:
+        print("\nEfficientNet ladder (depth x1.2^phi, width x1.1^phi, resolution x1.15^phi):")
+        cols = [("phi", "phi"), ("model", "model"), ("depth", "depth"), ("width", "width")]
+        cols += [("resolution", "resolution"), ("params", "params"), ("flops", "FLOPs")]
+        print(format_table(ladder, cols))
+
+
+def _ladder_rows(store, rows: list[dict]) -> list[dict]:
+    """The ladder steps this run uses (and the next one), when its students climb the ladder."""
+    from selftrain.data.dataset_info import load_dataset
+    from selftrain.models import build_model, count_flops, count_parameters
+    from students.ladder import ladder_phi, ladder_step
+    from students.noisy_student import student_model_name
+
+    cfg = store.config()
+    upcoming = student_model_name(cfg.student, max([r["iteration"] for r in rows] + [0]) + 1)
+    names = [r["model"] for r in rows if r.get("model")] + [cfg.teacher.model, upcoming]
+    phis = sorted({p for p in map(ladder_phi, names) if p is not None})
+    if not phis:
+        return []
+    info = load_dataset(store.data_dir()).info
+    out = []
+    for phi in phis:
+        step = ladder_step(phi)
+        model = build_model(step.name, num_classes=info.num_classes, in_chans=info.channels)
+        out.append(
+            {
+                "phi": phi,
+                "model": step.name,
+                "depth": round(step.depth, 3),
+                "width": round(step.width, 3),
+                "resolution": step.resolution,
+                "params": count_parameters(model),
+                "flops": count_flops(model, info.channels, step.resolution),
+            }
+        )
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from flows.noisy_student import noisy_student
+    from selftrain.report import format_table
+
+    config = ([str(args.config)] if args.config else []) + _runtime_overrides(args)
+    rows = noisy_student(
+        run_dir=str(args.run_dir),
+        data=str(args.data) if args.data else None,
+        config=config or None,
+        iterations=args.iterations,
+        from_iteration=args.from_iteration,
+    )
+    print(format_table(rows))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from selftrain.report import format_table, run_summary, write_accuracy_plot
+    from selftrain.runstore import RunStore
+
+    store = RunStore(args.run_dir)
+    summary = run_summary(store)
+    plot = write_accuracy_plot(store)
+    if args.json:
+        print(json.dumps({**summary, "plot": str(plot)}))
+        return
+    print(format_table(summary["iterations"]))
+    if summary["final"] is not None:
+        t, f = summary["teacher"], summary["final"]
+        print(
+            f"\nteacher (iteration 0) test {t['test_accuracy'] * 100:.2f}% -> iteration {f['iteration']} "
+            f"test {f['test_accuracy'] * 100:.2f}% ({summary['gain_points']:+.2f} points)"
+        )
+    print(f"plot: {plot}")
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -207,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
         "data": cmd_data,
         "teacher": cmd_teacher_train,
         "eval": cmd_eval,
+        "pseudolabel": cmd_pseudolabel,
+        "run": cmd_run,
+        "report": cmd_report,
         "status": cmd_status,
     }
     try:

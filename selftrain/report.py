@@ -73,8 +73,14 @@ def accuracy_plot_png(rows: list[dict[str, Any]], title: str) -> bytes:
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
     for r in done:
-        ax.annotate(r.get("model") or "", (r["iteration"], r["test_accuracy"] * 100), textcoords="offset points",
-                    xytext=(0, 8), ha="center", fontsize=7)
+        ax.annotate(
+            r.get("model") or "",
+            (r["iteration"], r["test_accuracy"] * 100),
+            textcoords="offset points",
+            xytext=(0, 8),
+            ha="center",
+            fontsize=7,
+        )
     ax.set_xticks(its or [0])
     ax.set_xlabel("iteration (0 = teacher)")
     ax.set_ylabel("top-1 accuracy (%)")
@@ -86,7 +92,21 @@ def accuracy_plot_png(rows: list[dict[str, Any]], title: str) -> bytes:
     return buf.getvalue()
 
 
+def run_summary(store: RunStore) -> dict[str, Any]:
+    """Rows plus the comparison people ask for first: the final model against the teacher."""
+    rows = store.status_rows()
+    done = [r for r in rows if r["state"] == "done"]
+    teacher = next((r for r in done if r["iteration"] == 0), None)
+    final = max(done, key=lambda r: r["iteration"]) if len(done) > 1 else None
+    gain = None
+    if teacher and final:
+        gain = round((final["test_accuracy"] - teacher["test_accuracy"]) * 100, 3)
+    return {"iterations": rows, "teacher": teacher, "final": final, "gain_points": gain}
+
+
 def write_accuracy_plot(store: RunStore) -> Path:
     path = store.root / PLOT_NAME
-    atomic.write_bytes(path, accuracy_plot_png(store.status_rows(), f"accuracy per iteration: {store.root.name}"))
+    atomic.write_bytes(
+        path, accuracy_plot_png(store.status_rows(), f"accuracy per iteration: {store.root.name}")
+    )
     return path

@@ -22,7 +22,10 @@ def test_flow_trains_teacher_then_students_and_never_redoes_a_stage(prefect_api,
 
     run = tmp_path / "run"
     rows = noisy_student(run_dir=str(run), data=str(digits_master), config=FLOW_CONFIG, iterations=1)
-    assert [(r["iteration"], r["role"], r["state"]) for r in rows] == [(0, "teacher", "done"), (1, "student", "done")]
+    assert [(r["iteration"], r["role"], r["state"]) for r in rows] == [
+        (0, "teacher", "done"),
+        (1, "student", "done"),
+    ]
     store = RunStore(run)
     assert store.manifest()["teacher_iteration"] == 1
     assert store.stage_state(0, "pseudolabel") == "done" and store.stage_state(1, "promote") == "done"
@@ -50,15 +53,26 @@ def test_bad_flow_parameters_are_refused(prefect_api, digits_master, tmp_path):
 
     with pytest.raises(SelftrainError, match="data: required"):
         noisy_student(run_dir=str(tmp_path / "new"))
-    with pytest.raises(SelftrainError, match="student.stepz: unknown key"):
+    with pytest.raises(SelftrainError, match=r"student\.stepz: unknown key"):
         noisy_student(run_dir=str(tmp_path / "r"), data=str(digits_master), config={"student.stepz": 3})
 
 
 def test_killed_flow_resumes_without_redoing_finished_stages(prefect_api, digits_master, tmp_path):
     run = tmp_path / "run"
     config = {**FLOW_CONFIG, "student.steps": 60, "student.checkpoint_every": 6, "student.eval_every": 30}
-    cmd = [sys.executable, "-m", "selftrain.cli", "run", "noisy-student", "--data", str(digits_master),
-           "--run-dir", str(run), "--iterations", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "selftrain.cli",
+        "run",
+        "noisy-student",
+        "--data",
+        str(digits_master),
+        "--run-dir",
+        str(run),
+        "--iterations",
+        "1",
+    ]
     for k, v in config.items():
         cmd += ["--set", f"{k}={v}"]
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
@@ -72,7 +86,10 @@ def test_killed_flow_resumes_without_redoing_finished_stages(prefect_api, digits
     proc.wait()
 
     store = RunStore(run)
-    assert store.stage_state(0, "train") == "done" and store.stage_state(1, "train") in ("running", "interrupted")
+    assert store.stage_state(0, "train") == "done" and store.stage_state(1, "train") in (
+        "running",
+        "interrupted",
+    )
     teacher = run / "iter-000" / "model.safetensors"
     stamps = {p: _mtime(p) for p in [teacher, *(run / "iter-000" / "pseudo").glob("*")]}
 

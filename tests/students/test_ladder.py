@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import timm
 import torch
@@ -20,7 +22,7 @@ def test_the_ladder_grows_in_parameters_flops_and_resolution():
         res = ladder_step(phi).resolution
         sizes.append((count_parameters(model), count_flops(model, 1, res), res))
         assert model(torch.zeros(2, 1, res, res)).shape == (2, 10)
-    for small, big in zip(sizes, sizes[1:], strict=False):
+    for small, big in itertools.pairwise(sizes):
         assert all(b > s for s, b in zip(small, big, strict=True)), sizes
 
 

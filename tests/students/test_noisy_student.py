@@ -3,6 +3,8 @@ import json
 import pytest
 import torch
 
+from pseudolabel.label_shards import pseudo_dir
+from pseudolabel.selection import read_selection
 from selftrain.config import load_config
 from selftrain.data.dataset_info import load_dataset
 from selftrain.errors import SelftrainError
@@ -10,8 +12,6 @@ from selftrain.runstore import RunStore
 from students.noise import noised_transform
 from students.noisy_student import noisy_student_step, train_student
 from students.pseudo_stream import PseudoLabeledStream
-from pseudolabel.label_shards import pseudo_dir
-from pseudolabel.selection import read_selection
 from tests.conftest import QUICK_TEACHER
 from tests.students.conftest import QUICK_STUDENT
 
@@ -33,7 +33,12 @@ def test_every_step_takes_b_labeled_and_r_times_b_pseudo_labeled(run_copy):
 
 def test_ratio_schedule_is_per_iteration():
     cfg = load_config(None, ["student.unlabeled_ratio=[14, 28]"])
-    assert [cfg.student.for_iteration(cfg.student.unlabeled_ratio, k) for k in (1, 2, 3, 7)] == [14, 28, 28, 28]
+    assert [cfg.student.for_iteration(cfg.student.unlabeled_ratio, k) for k in (1, 2, 3, 7)] == [
+        14,
+        28,
+        28,
+        28,
+    ]
 
 
 def test_pseudo_stream_repeats_images_as_the_selection_says(labeled_run):
@@ -41,12 +46,14 @@ def test_pseudo_stream_repeats_images_as_the_selection_says(labeled_run):
     copies = {k: int(v) for k, v in read_selection(store, 0)["copies"].items()}
     dataset = load_dataset(store.data_dir())
     stream = PseudoLabeledStream(
-        dataset, lambda img: torch.zeros(1), pseudo_dir=pseudo_dir(store, 0), copies=copies, seed=0,
+        dataset,
+        lambda img: torch.zeros(1),
+        pseudo_dir=pseudo_dir(store, 0),
+        copies=copies,
+        seed=0,
     )
-    seen = 0
-    for _, target in stream:
+    for seen, (_, target) in enumerate(stream, start=1):
         assert target.shape == (10,) and abs(float(target.sum()) - 1) < 1e-3
-        seen += 1
         if seen == stream.epoch_size:
             break
     assert stream.epoch_size == sum(copies.values())
@@ -79,9 +86,15 @@ def test_step_returns_loss_parts_and_updates_ema():
     ema = ModelEmaV3(model, decay=0.5)
     before = [p.clone() for p in ema.module.parameters()]
     out = noisy_student_step(
-        model, opt, sched, (torch.randn(2, 4), torch.tensor([0, 1])),
+        model,
+        opt,
+        sched,
+        (torch.randn(2, 4), torch.tensor([0, 1])),
         (torch.randn(6, 4), torch.softmax(torch.randn(6, 3), 1)),
-        label_smoothing=0.0, pseudo_weight=1.0, device=torch.device("cpu"), ema=ema,
+        label_smoothing=0.0,
+        pseudo_weight=1.0,
+        device=torch.device("cpu"),
+        ema=ema,
     )
     assert out["loss"] == pytest.approx(out["loss_labeled"] + out["loss_pseudo"], rel=1e-5)
     assert (out["labeled_samples"], out["pseudo_samples"]) == (2, 6)

@@ -1,0 +1,117 @@
+"""Unlabeled shards as batches that never span two shards, for per-shard sidecars.
+
+Each batch says which shard it came from, and the last batch of a shard says so (with the
+shard's count of skipped samples), so the labeler can commit that shard's sidecar the moment its
+last image is labeled: the unit of resumption is the shard. DataLoader workers take whole shards;
+a shard's failure travels to the main process as data and is raised there with its one-line
+message (a worker exception would arrive wrapped in a multi-line traceback).
+
+The eval transform is split in two: the per-image part (deterministic resize to the teacher's
+input size, PIL -> uint8 tensor) runs while decoding, the elementwise rest (to float, normalize)
+runs once per batch on the device. The result is identical to `eval_transform` image by image, at
+a fraction of the per-image cost and with a quarter of the bytes to move between processes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+from torchvision.transforms import v2
+
+from selftrain.data.dataset_info import Dataset, ShardEntry
+from selftrain.data.shards import SkipCounter, decode_sample, iter_shard
+from selftrain.errors import CorruptSampleError, SelftrainError
+from selftrain.transforms import eval_transform
+
+log = logging.getLogger("pseudolabel")
+
+
+def split_eval_transform(image_size: int, channels: int) -> tuple[v2.Compose, v2.Compose]:
+    """(per image: PIL -> uint8 tensor, per batch: uint8 batch -> model input) from `eval_transform`.
+
+    Split before the first dtype conversion: what follows it is elementwise, so applying it to a
+    stacked batch gives the same numbers as applying it to each image.
+    """
+    ops = list(eval_transform(image_size, channels).transforms)
+    cut = next(i for i, op in enumerate(ops) if isinstance(op, v2.ToDtype))
+    return v2.Compose(ops[:cut]), v2.Compose(ops[cut:])
+
+
+@dataclass
+class ShardBatch:
+    """Images of one shard; `last` marks the shard's final batch (possibly empty)."""
+
+    shard: int  # index into the split's shard list
+    images: torch.Tensor  # uint8 (n, C, H, W)
+    keys: list[str] = field(default_factory=list)
+    last: bool = False
+    skipped: int = 0  # samples of the shard skipped as corrupt; set on the last batch
+    error: str | None = None  # the shard failed; raise this in the main process
+
+
+class ShardBatches(IterableDataset):
+    """Batches of decoded, resized, uint8 images, shard by shard, each worker on whole shards."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        shards: list[tuple[int, ShardEntry]],
+        per_image: Callable,
+        batch_size: int,
+        *,
+        verify_checksums: bool = True,
+        skip_corrupt: bool = False,
+    ):
+        super().__init__()
+        self.dataset = dataset
+        self.shards = shards
+        self.per_image = per_image
+        self.batch_size = batch_size
+        self.verify = verify_checksums
+        self.skip_corrupt = skip_corrupt
+
+    def __iter__(self) -> Iterator[ShardBatch]:
+        worker = get_worker_info()
+        slot, slots = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        for index, entry in self.shards[slot::slots]:
+            yield from self._shard(index, entry)
+
+    def _empty(self) -> torch.Tensor:
+        return torch.zeros((0, self.dataset.info.channels, 1, 1), dtype=torch.uint8)
+
+    def _shard(self, index: int, entry: ShardEntry) -> Iterator[ShardBatch]:
+        info = self.dataset.info
+        path = self.dataset.shard_path(entry)
+        skipped = SkipCounter()
+        images: list[torch.Tensor] = []
+        keys: list[str] = []
+        try:
+            for raw in iter_shard(
+                path, entry, verify=self.verify, skip_corrupt=self.skip_corrupt, skipped=skipped
+            ):
+                try:
+                    sample = decode_sample(
+                        raw, channels=info.channels, num_classes=info.num_classes, labeled=False
+                    )
+                except CorruptSampleError as exc:
+                    if not self.skip_corrupt:
+                        raise SelftrainError(
+                            f"{exc}; fix the sample or pass --skip-corrupt to skip such samples"
+                        ) from None
+                    log.warning("%s; skipped (--skip-corrupt)", exc)
+                    skipped.add()
+                    continue
+                images.append(self.per_image(sample.image).as_subclass(torch.Tensor))
+                keys.append(sample.key)
+                if len(images) == self.batch_size:
+                    yield ShardBatch(index, torch.stack(images), keys)
+                    images, keys = [], []
+        except SelftrainError as exc:
+            yield ShardBatch(index, self._empty(), error=str(exc))
+            return
+        batch = torch.stack(images) if images else self._empty()
+        yield ShardBatch(index, batch, keys, last=True, skipped=skipped.count)
