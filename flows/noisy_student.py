@@ -17,7 +17,6 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task, unmapped
 
-import flows  # noqa: F401  (sets Prefect's extra loggers before Prefect is imported)
 from flows.artifacts import ProgressArtifact, publish_iteration_summary, publish_run_report
 from flows.run_context import open_run, reopen
 from pseudolabel.label_shards import label_shards

@@ -107,12 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true", help="print exactly one JSON object")
 
     run = sub.add_parser("run", help="run a training loop in-process (Prefect's local ephemeral API)")
-    run.add_argument("loop", choices=["noisy-student"], help="which loop")
+    run.add_argument("loop", choices=["noisy-student", "meta-pseudo-labels"], help="which loop")
     run.add_argument("--data", type=Path, help="data set folder (may be omitted once the run records it)")
     run.add_argument("--run-dir", required=True, type=Path)
-    run.add_argument("--iterations", type=int, default=1, help="student iterations to train in this run")
-    run.add_argument("--from-iteration", type=int, help="branch: keep iterations <= K, train a new K+1")
+    run.add_argument("--iterations", type=int, default=1, help="noisy-student: student iterations to train")
+    run.add_argument(
+        "--from-iteration", type=int, help="noisy-student: keep iterations <= K, train a new K+1"
+    )
     _add_config_args(run)
+
+    srv = sub.add_parser("serve", help="serve the Prefect deployments noisy-student/iter and meta-pseudo-labels/train")
+    srv.add_argument("--limit", type=int, help="at most this many concurrent flow runs")
 
     rep = sub.add_parser("report", help="per-iteration table and accuracy plot of a run")
     rep.add_argument("--run-dir", required=True, type=Path)
@@ -315,18 +320,31 @@ def _ladder_rows(store, rows: list[dict]) -> list[dict]:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from flows.noisy_student import noisy_student
     from selftrain.report import format_table
 
     config = ([str(args.config)] if args.config else []) + _runtime_overrides(args)
-    rows = noisy_student(
-        run_dir=str(args.run_dir),
-        data=str(args.data) if args.data else None,
-        config=config or None,
-        iterations=args.iterations,
-        from_iteration=args.from_iteration,
-    )
+    common = {
+        "run_dir": str(args.run_dir),
+        "data": str(args.data) if args.data else None,
+        "config": config or None,
+    }
+    if args.loop == "noisy-student":
+        from flows.noisy_student import noisy_student
+
+        rows = noisy_student(**common, iterations=args.iterations, from_iteration=args.from_iteration)
+    else:
+        if args.iterations != 1 or args.from_iteration is not None:
+            raise SelftrainError("--iterations/--from-iteration: only for noisy-student")
+        from flows.meta_pseudo_labels import meta_pseudo_labels
+
+        rows = meta_pseudo_labels(**common)
     print(format_table(rows))
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from flows.deployments import serve_deployments
+
+    serve_deployments(limit=args.limit)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -358,10 +376,10 @@ def cmd_status(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    for name in ("selftrain", "pseudolabel"):  # our progress lines; libraries stay at WARNING
+        logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.INFO)
     handlers = {
         "data": cmd_data,
         "teacher": cmd_teacher_train,
@@ -369,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         "pseudolabel": cmd_pseudolabel,
         "run": cmd_run,
         "report": cmd_report,
+        "serve": cmd_serve,
         "status": cmd_status,
     }
     try:

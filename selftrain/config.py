@@ -116,6 +116,76 @@ class StudentConfig(TrainConfig):
         return values[min(iteration - 1, len(values) - 1)]
 
 
+class FinetuneConfig(TrainConfig):
+    """Meta Pseudo Labels' last stage: the student finetuned on the labeled data alone."""
+
+
+class MPLConfig(_Strict):
+    """Meta Pseudo Labels (Pham et al. 2021): teacher and student trained together."""
+
+    teacher_model: str = Field("resnet10t", description="timm model for the MPL teacher.")
+    student_model: str = Field(
+        "resnet10t", description="timm model (or effnet_ladder_<phi>) for the student."
+    )
+    init_teacher_from_supervised: bool = Field(
+        True,
+        description="Start the MPL teacher from the supervised teacher (iteration 0) when architectures match.",
+    )
+    steps: int = Field(600, ge=1, description="Joint teacher/student steps.")
+    batch_size: int = Field(16, ge=1, description="Labeled images per step.")
+    unlabeled_ratio: int = Field(7, ge=1, description="Unlabeled images per step = ratio x batch_size (mu).")
+    teacher_lr: float = Field(1e-3, gt=0, description="Teacher peak learning rate (AdamW).")
+    student_lr: float = Field(2e-3, gt=0, description="Student peak learning rate (AdamW).")
+    weight_decay: float = Field(0.05, ge=0, description="Decoupled weight decay of both optimizers.")
+    warmup_steps: int = Field(20, ge=0, description="Linear warm-up of both learning rates.")
+    student_wait_steps: int = Field(
+        50,
+        ge=0,
+        description="Steps before the student starts learning (its update is delayed; no feedback then).",
+    )
+    label_smoothing: float = Field(
+        0.1, ge=0, lt=1, description="Label smoothing of the teacher's supervised loss."
+    )
+    sample_pseudo_labels: bool = Field(
+        True,
+        description="Draw the hard pseudo-label from the teacher's distribution (the estimator's y ~ T); false = argmax.",
+    )
+    baseline_decay: float = Field(
+        0.9, ge=0, lt=1, description="Moving-average baseline of the reward; 0 = none."
+    )
+    uda_weight: float = Field(
+        1.0, ge=0, description="Weight of the teacher's UDA consistency loss after warm-up."
+    )
+    uda_warmup_steps: int = Field(100, ge=0, description="Steps of linear warm-up of the UDA weight.")
+    uda_temperature: float = Field(0.7, gt=0, description="Sharpening temperature of UDA targets.")
+    uda_threshold: float = Field(
+        0.8, ge=0, le=1, description="UDA mask: teacher confidence on the weak view."
+    )
+    randaugment_magnitude: int = Field(
+        9, ge=0, le=30, description="RandAugment magnitude of the strong view."
+    )
+    randaugment_ops: int = Field(2, ge=1, le=6, description="RandAugment operations per image.")
+    drop_rate: float = Field(0.2, ge=0, lt=1, description="Dropout of both models.")
+    ema_decay: float = Field(
+        0.99, ge=0, lt=1, description="Weight EMA of the student (evaluated copy); 0 = off."
+    )
+    eval_every: int = Field(100, ge=1, description="Steps between val evaluations of the student.")
+    checkpoint_every: int = Field(
+        100, ge=1, description="Steps between checkpoints (both models, optimizers, baseline)."
+    )
+    finetune: FinetuneConfig = Field(
+        default_factory=lambda: FinetuneConfig(
+            steps=150,
+            batch_size=32,
+            lr=5e-4,
+            warmup_steps=10,
+            eval_every=25,
+            checkpoint_every=50,
+            label_smoothing=0.0,
+        )
+    )
+
+
 class PseudoLabelConfig(_Strict):
     """Teacher inference over the unlabeled shards and the Noisy Student filter/balance step."""
 
@@ -157,6 +227,7 @@ class RunConfig(_Strict):
         )
     )
     pseudolabel: PseudoLabelConfig = Field(default_factory=PseudoLabelConfig)
+    mpl: MPLConfig = Field(default_factory=MPLConfig)
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -56,6 +56,11 @@ class TrainLoop:
     checkpoint_dir: Path
     desc: str = "train"
     progress_hooks: list[ProgressHook] = field(default_factory=list)
+    # State a step function keeps outside the modules (MPL's moving baseline), checkpointed with them.
+    get_extra_state: Callable[[], dict[str, Any]] | None = None
+    set_extra_state: Callable[[dict[str, Any]], None] | None = None
+    # Score the starting weights first, so the result is never worse on val than the start (finetuning).
+    evaluate_at_start: bool = False
 
     def _resume(self) -> tuple[int, dict[str, Any], dict[str, torch.Tensor]] | None:
         for path in reversed(list_checkpoints(self.checkpoint_dir)):
@@ -78,6 +83,8 @@ class TrainLoop:
             resumed_from = start
             history = state["history"]
             best_score, best_step = state["best_score"], state["best_step"]
+            if self.set_extra_state is not None and "extra" in state:
+                self.set_extra_state(state["extra"])
             best_state = {
                 k[len("best.") :]: v for k, v in extra.items() if k.startswith("best.")
             } or best_state
@@ -92,10 +99,18 @@ class TrainLoop:
                 modules=self.modules,
                 optimizers=self.optimizers,
                 schedulers=self.schedulers,
-                state={"history": history, "best_score": best_score, "best_step": best_step},
+                state={
+                    "history": history,
+                    "best_score": best_score,
+                    "best_step": best_step,
+                    **({"extra": self.get_extra_state()} if self.get_extra_state else {}),
+                },
                 extra_tensors={f"best.{k}": v for k, v in best_state.items()},
             )
 
+        if self.evaluate_at_start and restored is None:
+            best_score, best_step = self.evaluate(), 0
+            history.append({"step": 0, "val_accuracy": best_score})
         it = self.batches(start)
         bar = tqdm(
             total=self.steps,

@@ -74,7 +74,9 @@ def train_and_record(
     val_skipped: list[int],
     train_streams: list[SplitStream],
     card_extra: Callable[[], dict[str, Any]],
+    save_also: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
+    """`save_also` saves companion models (MPL's teacher) before the stage is marked done."""
     store.mark_stage(iteration, "train", "running", role=role, model=architecture)
     try:
         result = loop.run()
@@ -100,6 +102,8 @@ def train_and_record(
             extra={"resumed_from_step": result.resumed_from, **card_extra()},
         )
         artifacts = store.save_model(iteration, selected_model.state_dict(), card)
+        if save_also is not None:
+            save_also()
     except BaseException as exc:
         state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         store.mark_stage(iteration, "train", state, error=str(exc)[:500])

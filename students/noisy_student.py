@@ -14,7 +14,9 @@ The student must be equal to or larger than its teacher.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -98,15 +100,30 @@ def _init_from(student: torch.nn.Module, teacher_weights: dict[str, torch.Tensor
     return len(matching)
 
 
-def train_student(
-    store: RunStore,
-    dataset: Dataset,
-    cfg: RunConfig,
-    device: torch.device,
-    iteration: int,
-    progress_hooks: list[ProgressHook] | None = None,
-) -> dict:
-    """Train iteration `iteration`'s student on iteration `iteration - 1`'s balanced pseudo-labels."""
+@dataclass
+class StudentSetup:
+    """Everything one student iteration trains with; `train_student` and the benchmark share it."""
+
+    name: str
+    image_size: int
+    model: torch.nn.Module
+    ema: ModelEmaV3 | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    batches: Callable[[int], Iterator]
+    step_fn: Callable[[Any, int], dict[str, float]]
+    streams: list
+    ratio: int
+    pseudo_batch: int
+    magnitude: int
+    teacher_card: dict[str, Any]
+    selection: dict[str, Any]
+
+
+def prepare_student(
+    store: RunStore, dataset: Dataset, cfg: RunConfig, device: torch.device, iteration: int
+) -> StudentSetup:
+    """Build iteration `iteration`'s noised student and its labeled + pseudo-labeled batch stream."""
     if iteration < 1:
         raise SelftrainError(
             f"student iteration must be 1 or more (got {iteration}); iteration 0 is the teacher"
@@ -185,15 +202,47 @@ def train_student(
             ema=ema,
         )
 
+    return StudentSetup(
+        name=name,
+        image_size=size,
+        model=model,
+        ema=ema,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        batches=batches,
+        step_fn=step_fn,
+        streams=streams,
+        ratio=ratio,
+        pseudo_batch=pseudo_batch,
+        magnitude=magnitude,
+        teacher_card=teacher_card,
+        selection=selection,
+    )
+
+
+def train_student(
+    store: RunStore,
+    dataset: Dataset,
+    cfg: RunConfig,
+    device: torch.device,
+    iteration: int,
+    progress_hooks: list[ProgressHook] | None = None,
+) -> dict:
+    """Train iteration `iteration`'s student on iteration `iteration - 1`'s balanced pseudo-labels."""
+    sc = cfg.student
+    setup = prepare_student(store, dataset, cfg, device, iteration)
+    model, ema, size, name = setup.model, setup.ema, setup.image_size, setup.name
+    teacher_it, teacher_card = iteration - 1, setup.teacher_card
+    ratio, pseudo_batch, magnitude = setup.ratio, setup.pseudo_batch, setup.magnitude
     selected = ema.module if ema is not None else model
     score, val_skipped = val_scorer(selected, dataset, cfg, device, size)
     modules = {"model": model, **({"ema": ema.module} if ema is not None else {})}
     loop = TrainLoop(
         modules=modules,
-        optimizers={"model": optimizer},
-        schedulers={"model": scheduler},
-        step_fn=step_fn,
-        batches=batches,
+        optimizers={"model": setup.optimizer},
+        schedulers={"model": setup.scheduler},
+        step_fn=setup.step_fn,
+        batches=setup.batches,
         evaluate=score,
         selected="ema" if ema is not None else "model",
         steps=sc.steps,
@@ -203,7 +252,7 @@ def train_student(
         desc=f"student iter {iteration}",
         progress_hooks=progress_hooks or [],
     )
-    accuracy = (selection.get("stats") or {}).get("accuracy") or {}
+    accuracy = (setup.selection.get("stats") or {}).get("accuracy") or {}
     return train_and_record(
         store=store,
         dataset=dataset,
@@ -216,7 +265,7 @@ def train_student(
         loop=loop,
         selected_model=selected,
         val_skipped=val_skipped,
-        train_streams=streams,
+        train_streams=setup.streams,
         card_extra=lambda: {
             "teacher_iteration": teacher_it,
             "teacher_params": teacher_card["params"],

@@ -1,0 +1,115 @@
+"""Student training throughput: the whole input pipeline against the model alone.
+
+    .venv/bin/python benchmarks/train_student.py          # a table
+    .venv/bin/python benchmarks/train_student.py --json   # one JSON object
+
+Builds, in a temporary folder, the digits data set, a briefly trained default teacher and its
+pseudo-labels, then the default iteration-1 student exactly as `train_student` builds it
+(`prepare_student`: resnet10t at 32x32, B=16 labeled + 14x16=224 pseudo-labeled per step).
+End to end = samples/s of real steps (read shards, decode, RandAugment, 14x mixing, forward,
+backward, optimizer step). Baseline = samples/s of the same model and step function on one batch
+of in-memory tensors of the same shapes, same threads, measured before and after (so machine
+drift hits both). `ratio` = end to end / baseline; the target on a 2-core CPU is >= 0.85.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repository, not benchmarks/, first
+
+from pseudolabel.iteration import pseudolabel_iteration  # noqa: E402
+from selftrain.data.dataset_info import load_dataset  # noqa: E402
+from selftrain.data.digits import build_digits  # noqa: E402
+from selftrain.runstore import RunStore  # noqa: E402
+from students.noisy_student import prepare_student  # noqa: E402
+from teachers.supervised import train_teacher  # noqa: E402
+
+
+def _steps_per_s(step, batch_of, steps: int, warmup: int) -> float:
+    for s in range(warmup):
+        step(batch_of(s), s)
+    start = time.perf_counter()
+    for s in range(steps):
+        step(batch_of(s), s)
+    return steps / (time.perf_counter() - start)
+
+
+def measure(work: Path, steps: int, iteration: int) -> dict:
+    data = work / "digits"
+    build_digits(data)
+    store = RunStore(work / "run")
+    overrides = ["teacher.steps=40", "teacher.eval_every=40", "teacher.warmup_steps=5"]
+    cfg = store.open(data, None, overrides)
+    dataset = load_dataset(data)
+    device = torch.device("cpu")
+    train_teacher(store, dataset, cfg, device)
+    pseudolabel_iteration(store, 0, device=device)
+
+    setup = prepare_student(store, dataset, cfg, device, iteration)
+    stream = setup.batches(0)
+    batch = next(stream)
+    fixed = ((batch[0][0].clone(), batch[0][1].clone()), (batch[1][0].clone(), batch[1][1].clone()))
+    per_step = setup.pseudo_batch + cfg.student.batch_size
+
+    memory_before = _steps_per_s(setup.step_fn, lambda s: fixed, steps, warmup=3)
+    pipeline = _steps_per_s(setup.step_fn, lambda s: next(stream), steps, warmup=3)
+    memory_after = _steps_per_s(setup.step_fn, lambda s: fixed, steps, warmup=0)
+    memory = (memory_before + memory_after) / 2
+    return {
+        "model": setup.name,
+        "iteration": iteration,
+        "labeled_batch": cfg.student.batch_size,
+        "unlabeled_batch": setup.pseudo_batch,
+        "threads": torch.get_num_threads(),
+        "steps": steps,
+        "pipeline_samples_per_s": round(pipeline * per_step, 1),
+        "model_samples_per_s": round(memory * per_step, 1),
+        "model_samples_per_s_before_after": [
+            round(memory_before * per_step, 1),
+            round(memory_after * per_step, 1),
+        ],
+        "ratio": round(pipeline / memory, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
+    parser.add_argument("--iteration", type=int, default=1, help="1 = 14x batches, 2 = 28x")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    with tempfile.TemporaryDirectory(prefix="bench-student-") as tmp:
+        if args.iteration > 1:
+            raise SystemExit("--iteration > 1 needs a trained iteration 1; measure iteration 1")
+        result = measure(Path(tmp), args.steps, args.iteration)
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(
+        f"student {result['model']} (iteration {result['iteration']}): "
+        f"{result['labeled_batch']} labeled + {result['unlabeled_batch']} pseudo-labeled per step, "
+        f"{result['threads']} threads"
+    )
+    print(
+        f"  end to end (shards, RandAugment, mixing, fwd/bwd/step): {result['pipeline_samples_per_s']:>8} samples/s"
+    )
+    print(
+        f"  model alone on in-memory tensors:                      {result['model_samples_per_s']:>8} samples/s"
+    )
+    print(f"  ratio: {result['ratio']:.3f} (target >= 0.85)")
+
+
+if __name__ == "__main__":
+    main()

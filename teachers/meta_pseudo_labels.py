@@ -1,0 +1,128 @@
+"""Meta Pseudo Labels: the teacher learns from how its pseudo-labels change the student.
+
+Pham et al., "Meta Pseudo Labels", CVPR 2021. Notation: teacher T (parameters theta_T), student S
+(theta_S), labeled batch (x_l, y), unlabeled batch x_u, student learning rate eta.
+
+Section 2 / equation (2): the student takes one step on the teacher's pseudo-labels,
+
+    theta_S' = theta_S - eta * grad_S CE(y_hat, S(x_u; theta_S)),   y_hat ~ T(x_u; theta_T),
+
+and the teacher is judged by the student's labeled loss after that step, L_l(theta_S').
+Minimising E_{y_hat ~ T}[L_l(theta_S'(y_hat))] by the score-function (REINFORCE) estimator gives
+
+    grad_T = E[ L_l(theta_S') * grad_T log p_T(y_hat | x_u) ],
+
+and subtracting the baseline L_l(theta_S) (it does not depend on y_hat, so the expectation is
+unchanged) gives one sample's estimate
+
+    grad_T ~= (L_l(theta_S') - L_l(theta_S)) * grad_T log p_T(y_hat)
+            = h * grad_T CE(y_hat, T(x_u)),     h = L_l(theta_S) - L_l(theta_S')       (*)
+
+because log p_T(y_hat) = -CE(y_hat, T(x_u)). So the teacher's MPL loss is h * CE(y_hat, T(x_u)):
+when the step on y_hat *lowered* the student's labeled loss (h > 0), gradient descent on it raises
+p_T(y_hat); when it raised the loss (h < 0), it lowers p_T(y_hat).
+
+Appendix A.1 derives the first-order approximation that the paper's implementation uses,
+h ~= eta * grad_S L_l(theta_S')^T grad_S CE(y_hat, S(x_u; theta_S)), a dot product of gradients.
+Here h is measured directly as the change of the student's labeled cross-entropy across its real
+step (computed before and after), which equals that dot product to first order in eta and needs
+no second backward pass. Public implementations disagree on the sign of h (some use
+L_l(theta_S') - L_l(theta_S), which pushes the teacher *away* from helpful labels), and in the
+official code the term's gradient is stopped; `tests/teachers/test_meta_pseudo_labels.py` checks
+sign and size against finite differences of the exact objective.
+
+An optional moving-average baseline b (decay beta) is subtracted from h to lower the variance:
+reward = h - b, b <- beta * b + (1 - beta) * h, as in the official implementation's
+`moving_dot_product`. The rest of MPL (section 3.2 and appendix C): the teacher also trains on the
+labeled data (cross-entropy with label smoothing) and with UDA (Xie et al. 2020b): consistency
+between its predictions on weakly and strongly augmented unlabeled images, sharpened by a
+temperature, masked by a confidence threshold, weighted with a linear warm-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def mpl_teacher_loss(
+    teacher_logits_u: torch.Tensor, pseudo_labels: torch.Tensor, reward: float
+) -> torch.Tensor:
+    """(*) above: reward * CE(y_hat, T(x_u)). Minimising it moves T toward y_hat when reward > 0."""
+    return reward * F.cross_entropy(teacher_logits_u, pseudo_labels)
+
+
+def sample_pseudo_labels(teacher_logits_u: torch.Tensor, sample: bool) -> torch.Tensor:
+    """Hard pseudo-labels: drawn from the teacher's distribution (the estimator's y_hat ~ T), or argmax."""
+    if sample:
+        return torch.multinomial(F.softmax(teacher_logits_u.detach().float(), dim=1), 1).squeeze(1)
+    return teacher_logits_u.detach().argmax(dim=1)
+
+
+def student_step_feedback(
+    student: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x_labeled: torch.Tensor,
+    y_labeled: torch.Tensor,
+    x_unlabeled: torch.Tensor,
+    pseudo_labels: torch.Tensor,
+    *,
+    label_smoothing: float = 0.0,
+    update: bool = True,
+) -> tuple[float, float]:
+    """One student step on the pseudo-labels; returns (h, the student's pseudo-label loss).
+
+    h = CE(S(x_l), y) before the step minus after it: positive when the step helped on labeled
+    data. With `update=False` (the student's delayed start) nothing changes and h = 0.
+    """
+    logits = student(torch.cat([x_labeled, x_unlabeled])).float()
+    loss_before = F.cross_entropy(logits[: len(x_labeled)].detach(), y_labeled).item()
+    loss_pseudo = F.cross_entropy(logits[len(x_labeled) :], pseudo_labels, label_smoothing=label_smoothing)
+    if not update:
+        return 0.0, loss_pseudo.item()
+    optimizer.zero_grad(set_to_none=True)
+    loss_pseudo.backward()
+    optimizer.step()
+    with torch.no_grad():
+        loss_after = F.cross_entropy(student(x_labeled).float(), y_labeled).item()
+    return loss_before - loss_after, loss_pseudo.item()
+
+
+def uda_loss(
+    logits_weak: torch.Tensor, logits_strong: torch.Tensor, *, temperature: float, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """UDA consistency: CE(sharpened softmax(weak) as target, strong), masked by confidence.
+
+    Returns (loss, mask). The target carries no gradient; masked-out images count as zero in the
+    mean over the batch, as in the reference implementation.
+    """
+    probs = F.softmax(logits_weak.detach().float() / temperature, dim=1)
+    mask = (F.softmax(logits_weak.detach().float(), dim=1).max(dim=1).values >= threshold).float()
+    per_image = -(probs * F.log_softmax(logits_strong.float(), dim=1)).sum(dim=1)
+    return (per_image * mask).mean(), mask
+
+
+def uda_weight(step: int, weight: float, warmup_steps: int) -> float:
+    """Linear warm-up of the UDA weight to `weight` over `warmup_steps` (0: full weight at once)."""
+    if warmup_steps <= 0:
+        return weight
+    return weight * min(1.0, (step + 1) / warmup_steps)
+
+
+@dataclass
+class MovingBaseline:
+    """b <- decay * b + (1 - decay) * h; the reward is h - b (b = 0 before the first update)."""
+
+    decay: float
+    value: float = 0.0
+    initialised: bool = False
+
+    def reward(self, h: float) -> float:
+        if self.decay <= 0:
+            return h
+        r = h - (self.value if self.initialised else 0.0)
+        self.value = h if not self.initialised else self.decay * self.value + (1 - self.decay) * h
+        self.initialised = True
+        return r

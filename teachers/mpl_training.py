@@ -1,0 +1,307 @@
+"""Meta Pseudo Labels training: teacher and student together, then the student finetuned.
+
+    selftrain run meta-pseudo-labels --data data/digits --run-dir runs/mpl
+
+Run directory: iteration 0 is the supervised teacher (the baseline, and the MPL teacher's
+starting point), iteration 1 the MPL teacher, iteration 2 the MPL student, iteration 3 the
+student finetuned on the labeled data. Teacher, student, both optimizers and schedulers, the
+student's EMA, the reward baseline and the step are checkpointed together; a killed run resumes.
+The math of the teacher's feedback is in `teachers.meta_pseudo_labels`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.utils import ModelEmaV3
+
+from selftrain.config import RunConfig, TrainConfig
+from selftrain.data.dataset_info import Dataset
+from selftrain.data.stream import SplitStream, make_loader
+from selftrain.device import autocast, prepare_model, seed_everything, to_device
+from selftrain.engine import ProgressHook, TrainLoop
+from selftrain.modelcard import build_card
+from selftrain.models import build_model
+from selftrain.optim import build_optimizer, build_scheduler
+from selftrain.runstore import RunStore
+from selftrain.stage import evaluate_split, train_and_record, val_scorer
+from selftrain.transforms import train_transform
+from students.noise import noised_transform
+from teachers.meta_pseudo_labels import (
+    MovingBaseline,
+    mpl_teacher_loss,
+    sample_pseudo_labels,
+    student_step_feedback,
+    uda_loss,
+    uda_weight,
+)
+from teachers.supervised import labeled_batches
+
+log = logging.getLogger("selftrain.mpl")
+
+TEACHER_IT, STUDENT_IT, FINETUNED_IT = 1, 2, 3
+
+
+class WeakStrongPair:
+    """Two views of one unlabeled image: weak (the UDA target) and strong (RandAugment)."""
+
+    def __init__(self, weak, strong):
+        self.weak, self.strong = weak, strong
+
+    def __call__(self, img):
+        return self.weak(img), self.strong(img)
+
+
+def _opt_config(lr: float, weight_decay: float, warmup: int, steps: int) -> TrainConfig:
+    steps = max(steps, warmup + 1)
+    return TrainConfig(lr=lr, weight_decay=weight_decay, warmup_steps=warmup, steps=steps)
+
+
+def train_mpl(
+    store: RunStore,
+    dataset: Dataset,
+    cfg: RunConfig,
+    device: torch.device,
+    progress_hooks: list[ProgressHook] | None = None,
+) -> dict[str, Any]:
+    """Joint MPL training; saves the MPL teacher (iteration 1) and student (iteration 2)."""
+    mc = cfg.mpl
+    dataset.check_files(["labeled", "unlabeled", "val", "test"])
+    seed_everything(cfg.seed + 100)
+    size, chans, classes = cfg.data.image_size, dataset.info.channels, dataset.info.num_classes
+
+    def make(name: str, field: str) -> torch.nn.Module:
+        return build_model(name, num_classes=classes, in_chans=chans, drop_rate=mc.drop_rate, field=field)
+
+    teacher, student = (
+        make(mc.teacher_model, "mpl.teacher_model"),
+        make(mc.student_model, "mpl.student_model"),
+    )
+    if mc.init_teacher_from_supervised:
+        weights, card = store.load_weights(0)
+        if card["architecture"] == mc.teacher_model:
+            teacher.load_state_dict(weights)
+            log.info("MPL teacher starts from the supervised teacher (iteration 0)")
+    teacher, student = prepare_model(teacher, device), prepare_model(student, device)
+    ema = ModelEmaV3(student, decay=mc.ema_decay) if mc.ema_decay > 0 else None
+    t_opt = build_optimizer(teacher, _opt_config(mc.teacher_lr, mc.weight_decay, mc.warmup_steps, mc.steps))
+    t_sched = build_scheduler(t_opt, _opt_config(mc.teacher_lr, mc.weight_decay, mc.warmup_steps, mc.steps))
+    student_steps = mc.steps - mc.student_wait_steps
+    s_cfg = _opt_config(mc.student_lr, mc.weight_decay, mc.warmup_steps, student_steps)
+    s_opt, s_sched = build_optimizer(student, s_cfg), None
+    s_sched = build_scheduler(s_opt, s_cfg)
+    baseline = MovingBaseline(decay=mc.baseline_decay)
+
+    weak = train_transform(size, chans, cfg.teacher.augment)
+    strong = noised_transform(size, chans, cfg.teacher.augment, mc.randaugment_magnitude, mc.randaugment_ops)
+    labeled_cfg = TrainConfig(batch_size=mc.batch_size, steps=mc.steps, warmup_steps=0)
+    labeled, streams = labeled_batches(dataset, cfg, labeled_cfg, device, cfg.seed + 100, weak)
+    mu_batch = mc.unlabeled_ratio * mc.batch_size
+
+    def batches(start_step: int) -> Iterator:
+        stream = SplitStream(
+            dataset,
+            "unlabeled",
+            WeakStrongPair(weak, strong),
+            repeat=True,
+            shuffle=True,
+            seed=cfg.seed + 101,
+            start_sample=start_step * mu_batch,
+            shuffle_buffer=cfg.data.shuffle_buffer,
+            verify_checksums=cfg.data.verify_checksums,
+            skip_corrupt=cfg.data.skip_corrupt,
+            with_keys=True,
+        )
+        streams.append(stream)
+        return zip(
+            labeled(start_step),
+            iter(make_loader(stream, mu_batch, cfg.data.num_workers, device)),
+            strict=False,
+        )
+
+    def step_fn(batch, step: int) -> dict[str, float]:
+        (x_l, y), ((x_uw, x_us), _keys) = batch
+        x_l, y, x_uw, x_us = (
+            to_device(x_l, device),
+            y.to(device),
+            to_device(x_uw, device),
+            to_device(x_us, device),
+        )
+        b, u = len(x_l), len(x_uw)
+        with autocast(device):
+            t_logits = teacher(torch.cat([x_l, x_uw, x_us])).float()
+        t_l, t_uw, t_us = t_logits[:b], t_logits[b : b + u], t_logits[b + u :]
+        t_sup = F.cross_entropy(t_l, y, label_smoothing=mc.label_smoothing)
+        t_uda, mask = uda_loss(t_uw, t_us, temperature=mc.uda_temperature, threshold=mc.uda_threshold)
+        w_uda = uda_weight(step, mc.uda_weight, mc.uda_warmup_steps)
+        y_hat = sample_pseudo_labels(t_us, mc.sample_pseudo_labels)
+
+        update = step >= mc.student_wait_steps
+        with autocast(device):
+            h, s_loss = student_step_feedback(student, s_opt, x_l, y, x_us, y_hat, update=update)
+        reward = 0.0
+        if update:
+            s_sched.step()
+            if ema is not None:
+                ema.update(student)
+            reward = baseline.reward(h)
+        t_mpl = mpl_teacher_loss(t_us, y_hat, reward)
+        t_loss = t_sup + w_uda * t_uda + t_mpl
+        t_opt.zero_grad(set_to_none=True)
+        t_loss.backward()
+        t_opt.step()
+        t_sched.step()
+        return {
+            "loss": t_loss.item(),
+            "teacher_supervised": t_sup.item(),
+            "teacher_uda": t_uda.item(),
+            "teacher_mpl": t_mpl.item(),
+            "uda_mask": mask.mean().item(),
+            "uda_weight": w_uda,
+            "student_loss": s_loss,
+            "feedback_h": h,
+            "reward": reward,
+        }
+
+    selected = ema.module if ema is not None else student
+    score, val_skipped = val_scorer(selected, dataset, cfg, device, size)
+    modules = {"teacher": teacher, "student": student, **({"ema": ema.module} if ema is not None else {})}
+    loop = TrainLoop(
+        modules=modules,
+        optimizers={"teacher": t_opt, "student": s_opt},
+        schedulers={"teacher": t_sched, "student": s_sched},
+        step_fn=step_fn,
+        batches=batches,
+        evaluate=score,
+        selected="ema" if ema is not None else "student",
+        steps=mc.steps,
+        eval_every=mc.eval_every,
+        checkpoint_every=mc.checkpoint_every,
+        checkpoint_dir=store.iter_dir(STUDENT_IT) / "checkpoints",
+        desc="meta pseudo labels",
+        progress_hooks=progress_hooks or [],
+        get_extra_state=lambda: {"baseline": baseline.value, "baseline_initialised": baseline.initialised},
+        set_extra_state=lambda s: (
+            setattr(baseline, "value", s["baseline"]),
+            setattr(baseline, "initialised", s["baseline_initialised"]),
+        ),
+    )
+
+    def save_teacher() -> None:
+        val, _ = evaluate_split(teacher, dataset, "val", cfg, device, size)
+        test, _ = evaluate_split(teacher, dataset, "test", cfg, device, size)
+        card = build_card(
+            iteration=TEACHER_IT,
+            role="mpl-teacher",
+            architecture=mc.teacher_model,
+            model=teacher,
+            dataset=dataset,
+            image_size=size,
+            val=val,
+            test=test,
+            history=[],
+            best_step=mc.steps,
+            steps=mc.steps,
+            skipped_samples=0,
+            seed=cfg.seed,
+            device=device,
+        )
+        store.mark_stage(TEACHER_IT, "train", "running", role="mpl-teacher", model=mc.teacher_model)
+        artifacts = store.save_model(TEACHER_IT, teacher.state_dict(), card)
+        store.mark_stage(TEACHER_IT, "train", "done", artifacts=artifacts)
+
+    return train_and_record(
+        store=store,
+        dataset=dataset,
+        cfg=cfg,
+        device=device,
+        iteration=STUDENT_IT,
+        role="mpl-student",
+        architecture=mc.student_model,
+        image_size=size,
+        loop=loop,
+        selected_model=selected,
+        val_skipped=val_skipped,
+        train_streams=streams,
+        save_also=save_teacher,
+        card_extra=lambda: {
+            "labeled_batch": mc.batch_size,
+            "unlabeled_batch": mu_batch,
+            "unlabeled_ratio": mc.unlabeled_ratio,
+            "student_wait_steps": mc.student_wait_steps,
+            "sample_pseudo_labels": mc.sample_pseudo_labels,
+            "baseline_decay": mc.baseline_decay,
+            "final_baseline": baseline.value,
+        },
+    )
+
+
+def finetune_student(
+    store: RunStore,
+    dataset: Dataset,
+    cfg: RunConfig,
+    device: torch.device,
+    progress_hooks: list[ProgressHook] | None = None,
+) -> dict[str, Any]:
+    """Finetune the MPL student (iteration 2) on labeled data; never worse on val than its start."""
+    from teachers.supervised import supervised_step
+
+    ft = cfg.mpl.finetune
+    weights, card = store.load_weights(STUDENT_IT)
+    seed_everything(cfg.seed + 200)
+    size, chans = cfg.data.image_size, dataset.info.channels
+    model = build_model(
+        card["architecture"],
+        num_classes=dataset.info.num_classes,
+        in_chans=chans,
+        drop_rate=ft.drop_rate,
+        field="mpl.student_model",
+    )
+    model.load_state_dict(weights)
+    model = prepare_model(model, device)
+    optimizer, scheduler = build_optimizer(model, ft), None
+    scheduler = build_scheduler(optimizer, ft)
+    batches, streams = labeled_batches(
+        dataset, cfg, ft, device, cfg.seed + 200, train_transform(size, chans, ft.augment)
+    )
+    score, val_skipped = val_scorer(model, dataset, cfg, device, size)
+    loop = TrainLoop(
+        modules={"model": model},
+        optimizers={"model": optimizer},
+        schedulers={"model": scheduler},
+        step_fn=lambda batch, step: supervised_step(
+            model, optimizer, scheduler, batch, label_smoothing=ft.label_smoothing, device=device
+        ),
+        batches=batches,
+        evaluate=score,
+        selected="model",
+        steps=ft.steps,
+        eval_every=ft.eval_every,
+        checkpoint_every=ft.checkpoint_every,
+        checkpoint_dir=store.iter_dir(FINETUNED_IT) / "checkpoints",
+        desc="finetune MPL student",
+        progress_hooks=progress_hooks or [],
+        evaluate_at_start=True,
+    )
+    return train_and_record(
+        store=store,
+        dataset=dataset,
+        cfg=cfg,
+        device=device,
+        iteration=FINETUNED_IT,
+        role="mpl-finetuned",
+        architecture=card["architecture"],
+        image_size=size,
+        loop=loop,
+        selected_model=model,
+        val_skipped=val_skipped,
+        train_streams=streams,
+        card_extra=lambda: {
+            "finetuned_from": STUDENT_IT,
+            "val_accuracy_before_finetune": card["val_accuracy"],
+        },
+    )

@@ -1,0 +1,104 @@
+"""MPL end to end on digits: checkpoint/resume, the finetune's guarantee, and the status rows."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from selftrain.cli import main
+from selftrain.data.dataset_info import load_dataset
+from selftrain.runstore import RunStore
+from tests.conftest import QUICK_TEACHER
+
+QUICK_MPL = [
+    "mpl.steps=16",
+    "mpl.batch_size=4",
+    "mpl.unlabeled_ratio=2",
+    "mpl.warmup_steps=2",
+    "mpl.student_wait_steps=4",
+    "mpl.uda_warmup_steps=4",
+    "mpl.eval_every=8",
+    "mpl.checkpoint_every=4",
+    "mpl.finetune.steps=8",
+    "mpl.finetune.eval_every=4",
+    "mpl.finetune.checkpoint_every=4",
+    "mpl.finetune.warmup_steps=2",
+    "mpl.finetune.batch_size=8",
+]
+
+
+@pytest.fixture(scope="module")
+def mpl_run(digits_master, tmp_path_factory):
+    from teachers.mpl_training import finetune_student, train_mpl
+    from teachers.supervised import train_teacher
+
+    root = tmp_path_factory.mktemp("mpl") / "run"
+    store = RunStore(root)
+    cfg = store.open(digits_master, None, [*QUICK_TEACHER, *QUICK_MPL])
+    dataset, cpu = load_dataset(digits_master), torch.device("cpu")
+    train_teacher(store, dataset, cfg, cpu)
+    train_mpl(store, dataset, cfg, cpu)
+    finetune_student(store, dataset, cfg, cpu)
+    return root
+
+
+def test_mpl_writes_teacher_student_and_finetuned_rows(mpl_run, capsys):
+    assert main(["status", "--run-dir", str(mpl_run), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["iterations"]
+    assert [(r["iteration"], r["role"], r["state"]) for r in rows] == [
+        (0, "teacher", "done"),
+        (1, "mpl-teacher", "done"),
+        (2, "mpl-student", "done"),
+        (3, "mpl-finetuned", "done"),
+    ]
+    student = RunStore(mpl_run).card(2)
+    steps = [r for r in student["loss_curve"] if "feedback_h" in r]
+    assert steps and all("reward" in r and "teacher_mpl" in r and "uda_mask" in r for r in steps)
+
+
+def test_finetune_never_lowers_val_accuracy(mpl_run):
+    card = RunStore(mpl_run).card(3)
+    assert card["val_accuracy"] >= card["val_accuracy_before_finetune"]
+    assert card["loss_curve"][0]["step"] == 0  # the starting weights were scored first
+
+
+@pytest.mark.integration
+def test_killed_mpl_run_resumes_from_its_checkpoint(digits_master, tmp_path):
+    run = tmp_path / "run"
+    overrides = [*QUICK_TEACHER, *QUICK_MPL, "mpl.steps=40"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "selftrain.cli",
+        "run",
+        "meta-pseudo-labels",
+        "--data",
+        str(digits_master),
+        "--run-dir",
+        str(run),
+    ]
+    for o in overrides:
+        cmd += ["--set", o]
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = run / "iter-002" / "checkpoints" / "step-00000008"
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and not target.exists():
+        time.sleep(0.05)
+    assert proc.poll() is None, "MPL finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = json.loads(max((run / "iter-002" / "checkpoints").glob("step-*/state.json")).read_text())
+    assert "baseline" in state["state"]["extra"]  # the reward baseline is checkpointed with the models
+
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    card = RunStore(run).card(2)
+    assert card["resumed_from_step"] >= 8
+    assert [r["step"] for r in card["loss_curve"]] == list(range(8, 41, 8))
+    assert RunStore(run).stage_state(3, "train") == "done"
