@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 DATA   := data/digits
 RUN    := runs/demo
 
-.PHONY: install demo test test-fast lint format bench clean
+.PHONY: install demo compare test test-fast lint format bench clean
 
 # pip on the project's machines installs torch 2.14.1 + torchvision 0.29.1 from local disk.
 $(STAMP): pyproject.toml
@@ -20,11 +20,16 @@ install: $(STAMP)
 $(DATA)/dataset.json: | $(STAMP)
 	$(BIN)/selftrain data digits --out $(DATA)
 
-## Main job on the bundled digits data: supervised teacher (iteration 0), then its evaluation.
+## Main job on the bundled digits data: Noisy Student, teacher + 3 student iterations, then the report.
+## Re-running continues the same run (finished stages are never redone).
 demo: $(STAMP) $(DATA)/dataset.json
-	$(BIN)/selftrain teacher train --data $(DATA) --run-dir $(RUN) --config configs/digits.yaml
-	$(BIN)/selftrain eval --run-dir $(RUN) --iteration 0 --split test
-	$(BIN)/selftrain status --run-dir $(RUN)
+	$(BIN)/selftrain run noisy-student --data $(DATA) --run-dir $(RUN) --config configs/digits.yaml --iterations 3
+	$(BIN)/selftrain report --run-dir $(RUN)
+
+## Supervised vs Noisy Student vs Meta Pseudo Labels on digits (runs `demo` first if needed).
+compare: demo
+	$(BIN)/selftrain run meta-pseudo-labels --data $(DATA) --run-dir runs/mpl --config configs/digits.yaml
+	$(BIN)/selftrain compare --noisy-student $(RUN) --mpl runs/mpl
 
 ## Every test that can run on this machine: unit, integration and slow (GPU tests skip themselves).
 test: $(STAMP)
@@ -44,6 +49,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pseudolabel.py
+	$(BIN)/python benchmarks/train_student.py
 
 clean:
-	rm -rf $(RUN) .pytest_cache .ruff_cache
+	rm -rf $(RUN) runs/mpl .pytest_cache .ruff_cache

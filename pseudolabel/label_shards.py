@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pseudolabel.shard_batches import ShardBatches, split_eval_transform
+from pseudolabel.shard_batches import ShardBatches, split_eval_transform, yield_cpu_to_the_model
 from pseudolabel.sidecar import (
     FORMAT_VERSION,
     LabelMode,
@@ -316,6 +316,7 @@ def _label(
         num_workers=min(workers, len(todo)),
         pin_memory=teacher.device.type == "cuda",
         prefetch_factor=4 if workers else None,
+        worker_init_fn=yield_cpu_to_the_model,
     )
     entries = dict(todo)
     open_sidecars: dict[int, _OpenSidecar] = {}

@@ -116,12 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(run)
 
-    srv = sub.add_parser("serve", help="serve the Prefect deployments noisy-student/iter and meta-pseudo-labels/train")
+    srv = sub.add_parser(
+        "serve", help="serve the Prefect deployments noisy-student/iter and meta-pseudo-labels/train"
+    )
     srv.add_argument("--limit", type=int, help="at most this many concurrent flow runs")
 
     rep = sub.add_parser("report", help="per-iteration table and accuracy plot of a run")
     rep.add_argument("--run-dir", required=True, type=Path)
     rep.add_argument("--json", action="store_true", help="print exactly one JSON object")
+
+    cmp = sub.add_parser("compare", help="supervised vs Noisy Student vs Meta Pseudo Labels on the same data")
+    cmp.add_argument(
+        "--noisy-student", required=True, type=Path, help="a finished noisy-student run directory"
+    )
+    cmp.add_argument("--mpl", required=True, type=Path, help="a finished meta-pseudo-labels run directory")
+    cmp.add_argument("--json", action="store_true")
 
     st = sub.add_parser("status", help="one row per iteration of a run")
     st.add_argument("--run-dir", required=True, type=Path)
@@ -341,6 +350,26 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(format_table(rows))
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from selftrain.report import compare_methods, format_table
+    from selftrain.runstore import RunStore
+
+    rows = compare_methods(RunStore(args.noisy_student), RunStore(args.mpl))
+    if args.json:
+        print(json.dumps({"methods": rows}))
+        return
+    cols = [
+        ("method", "method"),
+        ("model", "model"),
+        ("params", "params"),
+        ("val_accuracy", "val acc"),
+        ("test_accuracy", "test acc"),
+    ]
+    print(format_table(rows, cols))
+    best = max(rows, key=lambda r: r["test_accuracy"])
+    print(f"\nbest on test: {best['method']} ({best['test_accuracy'] * 100:.2f}%)")
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from flows.deployments import serve_deployments
 
@@ -388,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         "run": cmd_run,
         "report": cmd_report,
         "serve": cmd_serve,
+        "compare": cmd_compare,
         "status": cmd_status,
     }
     try:

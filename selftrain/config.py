@@ -79,8 +79,19 @@ class TeacherConfig(TrainConfig):
 class StudentConfig(TrainConfig):
     """The noised Noisy Student student (Xie et al. 2020, section 2): noise is on the student only."""
 
+    # Defaults differ from the teacher's: small labeled batches (the pseudo-labeled batch is r times
+    # larger) and model noise on. Declared here, so a partial `student:` section keeps them.
+    batch_size: int = Field(16, ge=1, le=65536, description="Labeled samples per step (global).")
+    steps: int = Field(300, ge=1, description="Optimizer steps.")
+    lr: float = Field(3e-3, gt=0, le=10, description="Peak learning rate.")
+    warmup_steps: int = Field(15, ge=0, description="Linear warm-up steps before the cosine decay.")
+    drop_rate: float = Field(0.3, ge=0, lt=1, description="Dropout before the classifier (model noise).")
+    drop_path_rate: float = Field(0.1, ge=0, lt=1, description="Stochastic depth rate (model noise).")
+    eval_every: int = Field(50, ge=1, description="Steps between evaluations on the val split.")
+    checkpoint_every: int = Field(50, ge=1, description="Steps between resumable checkpoints.")
+
     models: list[str] = Field(
-        default_factory=lambda: ["resnet10t", "resnet18"],
+        default_factory=lambda: ["resnet10t"],
         description="Student model per iteration (entry i-1 for iteration i, the last repeats): a timm "
         "name or effnet_ladder_<phi>. Empty list: climb the EfficientNet ladder from `ladder_start`.",
     )
@@ -96,7 +107,9 @@ class StudentConfig(TrainConfig):
         description="RandAugment magnitude (0-30) per iteration, the last repeats.",
     )
     randaugment_ops: int = Field(2, ge=1, le=6, description="RandAugment operations per image.")
-    init_from_teacher: bool = Field(False, description="Start from the teacher's weights when shapes match.")
+    init_from_teacher: bool = Field(
+        True, description="Start from the teacher's weights where names and shapes match (all of them for an equal-size student)."
+    )
     ema_decay: float = Field(
         0.0, ge=0, lt=1, description="Weight EMA decay for the evaluated student; 0 = off."
     )
@@ -118,6 +131,14 @@ class StudentConfig(TrainConfig):
 
 class FinetuneConfig(TrainConfig):
     """Meta Pseudo Labels' last stage: the student finetuned on the labeled data alone."""
+
+    steps: int = Field(150, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(32, ge=1, le=65536, description="Labeled samples per step.")
+    lr: float = Field(5e-4, gt=0, le=10, description="Peak learning rate (small: the student is trained).")
+    warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing.")
+    eval_every: int = Field(25, ge=1, description="Steps between evaluations on the val split.")
+    checkpoint_every: int = Field(50, ge=1, description="Steps between resumable checkpoints.")
 
 
 class MPLConfig(_Strict):
@@ -173,17 +194,7 @@ class MPLConfig(_Strict):
     checkpoint_every: int = Field(
         100, ge=1, description="Steps between checkpoints (both models, optimizers, baseline)."
     )
-    finetune: FinetuneConfig = Field(
-        default_factory=lambda: FinetuneConfig(
-            steps=150,
-            batch_size=32,
-            lr=5e-4,
-            warmup_steps=10,
-            eval_every=25,
-            checkpoint_every=50,
-            label_smoothing=0.0,
-        )
-    )
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
 
 
 class PseudoLabelConfig(_Strict):
@@ -214,18 +225,7 @@ class RunConfig(_Strict):
     )
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
-    student: StudentConfig = Field(
-        default_factory=lambda: StudentConfig(
-            batch_size=16,
-            steps=300,
-            lr=3e-3,
-            warmup_steps=15,
-            drop_rate=0.3,
-            drop_path_rate=0.1,
-            eval_every=50,
-            checkpoint_every=50,
-        )
-    )
+    student: StudentConfig = Field(default_factory=StudentConfig)
     pseudolabel: PseudoLabelConfig = Field(default_factory=PseudoLabelConfig)
     mpl: MPLConfig = Field(default_factory=MPLConfig)
 

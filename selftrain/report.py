@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from selftrain import atomic
+from selftrain.errors import SelftrainError
 from selftrain.runstore import RunStore
 
 PLOT_NAME = "accuracy.png"
@@ -110,3 +111,34 @@ def write_accuracy_plot(store: RunStore) -> Path:
         path, accuracy_plot_png(store.status_rows(), f"accuracy per iteration: {store.root.name}")
     )
     return path
+
+
+def compare_methods(noisy_student: RunStore, mpl: RunStore) -> list[dict[str, Any]]:
+    """Supervised vs Noisy Student vs Meta Pseudo Labels, from one run of each on the same data."""
+    if noisy_student.data_dir() != mpl.data_dir():
+        raise SelftrainError(
+            f"{noisy_student.root} and {mpl.root} were trained on different data "
+            f"({noisy_student.data_dir()} vs {mpl.data_dir()}); compare runs on the same data set"
+        )
+    ns_rows = [r for r in noisy_student.status_rows() if r["state"] == "done"]
+    mpl_rows = {r["role"]: r for r in mpl.status_rows() if r["state"] == "done"}
+    if not ns_rows or "mpl-finetuned" not in mpl_rows:
+        raise SelftrainError(
+            "compare: needs a finished noisy-student run and a finished meta-pseudo-labels run"
+        )
+    final = max(ns_rows, key=lambda r: r["iteration"])
+    picks = [
+        ("supervised (labeled only)", ns_rows[0]),
+        (f"Noisy Student (iteration {final['iteration']})", final),
+        ("Meta Pseudo Labels (finetuned student)", mpl_rows["mpl-finetuned"]),
+    ]
+    return [
+        {
+            "method": name,
+            "model": r["model"],
+            "params": r["params"],
+            "val_accuracy": r["val_accuracy"],
+            "test_accuracy": r["test_accuracy"],
+        }
+        for name, r in picks
+    ]

@@ -153,7 +153,8 @@ def prepare_student(
     if sc.init_from_teacher:
         log.info("initialised %d tensors from the teacher", _init_from(model, teacher_weights))
     model = prepare_model(model, device)
-    ema = ModelEmaV3(model, decay=sc.ema_decay) if sc.ema_decay > 0 else None
+    # Warm-up: early on the average follows the weights closely, so random init does not linger.
+    ema = ModelEmaV3(model, decay=sc.ema_decay, use_warmup=True) if sc.ema_decay > 0 else None
     optimizer = build_optimizer(model, sc)
     scheduler = build_scheduler(optimizer, sc)
 

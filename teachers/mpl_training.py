@@ -87,7 +87,7 @@ def train_mpl(
             teacher.load_state_dict(weights)
             log.info("MPL teacher starts from the supervised teacher (iteration 0)")
     teacher, student = prepare_model(teacher, device), prepare_model(student, device)
-    ema = ModelEmaV3(student, decay=mc.ema_decay) if mc.ema_decay > 0 else None
+    ema = ModelEmaV3(student, decay=mc.ema_decay, use_warmup=True) if mc.ema_decay > 0 else None
     t_opt = build_optimizer(teacher, _opt_config(mc.teacher_lr, mc.weight_decay, mc.warmup_steps, mc.steps))
     t_sched = build_scheduler(t_opt, _opt_config(mc.teacher_lr, mc.weight_decay, mc.warmup_steps, mc.steps))
     student_steps = mc.steps - mc.student_wait_steps

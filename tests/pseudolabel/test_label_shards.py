@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from pseudolabel.label_shards import LabelSpec, label_shards, pseudo_dir, resolve_shards
 from pseudolabel.shard_batches import split_eval_transform
@@ -115,15 +116,19 @@ def test_auto_mode_switches_to_topk_above_100_classes(run):
 
 def test_split_transform_equals_eval_transform(digits_shards):
     dataset = load_dataset(digits_shards)
-    per_image, per_batch = split_eval_transform(16, 1)
-    full = eval_transform(16, 1)
     entry = dataset.split("unlabeled").shards[0]
-    images = [
+    digits = [
         decode_sample(raw, channels=1, num_classes=10, labeled=False).image
         for raw, _ in zip(iter_shard(dataset.shard_path(entry), entry), range(20), strict=False)
     ]
-    batch = per_batch(torch.stack([per_image(im).as_subclass(torch.Tensor) for im in images]))
-    assert torch.equal(batch, torch.stack([full(im) for im in images]))
+    rng = np.random.default_rng(0)
+    gray64 = [Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8), mode="L") for _ in range(5)]
+    rgb = [Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8), mode="RGB") for _ in range(5)]
+    for images, size, channels in ((digits, 16, 1), (gray64, 32, 1), (rgb, 16, 3), (gray64, 64, 1)):
+        per_image, per_batch = split_eval_transform(size, channels)
+        full = eval_transform(size, channels)
+        batch = per_batch(torch.stack([per_image(im) for im in images]))
+        assert torch.equal(batch, torch.stack([full(im) for im in images])), (size, channels)
 
 
 def test_rerun_reuses_complete_sidecars_and_relabels_changed_ones(run, set_pseudolabel_config, sidecar_files):

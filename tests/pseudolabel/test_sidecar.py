@@ -86,6 +86,16 @@ def test_archives_are_byte_for_byte_deterministic(tmp_path: Path):
     assert (tmp_path / "a.tar.gz").read_bytes() == (tmp_path / "b.tar.gz").read_bytes()
 
 
+def test_long_and_non_ascii_keys_round_trip(tmp_path: Path):
+    keys = ["k" * 150, "clé_ünïcode", "short"]
+    path = tmp_path / "s.labels.tar.gz"
+    with SidecarWriter(path, "hard", C) as w:
+        w.write(keys, cls=np.array([1, 2, 3]), conf=np.array([0.5, 0.6, 0.7]))
+    labels = read_sidecar(path, C)
+    assert labels.keys == keys and labels.cls.tolist() == [1, 2, 3]
+    assert [s["__key__"] for s in wds.WebDataset(str(path), shardshuffle=False)] == keys
+
+
 def test_labels_are_small(tmp_path: Path):
     """gzip makes tar's 512-byte headers and padding nearly free: ~40 bytes for 10 classes."""
     path = tmp_path / "s.labels.tar.gz"

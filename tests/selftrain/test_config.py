@@ -60,3 +60,13 @@ def test_yaml_errors_name_the_file(tmp_path):
         load_config(bad)
     with pytest.raises(SelftrainError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("override", ["student.ema_decay=0.5", "mpl.finetune.lr=0.001", "teacher.lr=0.01"])
+def test_a_partial_section_keeps_that_sections_defaults(override):
+    """Setting one key must not swap a section's other defaults for another section's."""
+    default, changed = RunConfig().model_dump(), load_config(None, [override]).model_dump()
+    section, *path = override.split("=")[0].split(".")
+    for key in default[section]:
+        if key != path[0]:
+            assert changed[section][key] == default[section][key], (section, key)

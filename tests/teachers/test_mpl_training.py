@@ -102,3 +102,30 @@ def test_killed_mpl_run_resumes_from_its_checkpoint(digits_master, tmp_path):
     assert card["resumed_from_step"] >= 8
     assert [r["step"] for r in card["loss_curve"]] == list(range(8, 41, 8))
     assert RunStore(run).stage_state(3, "train") == "done"
+
+
+@pytest.mark.slow
+def test_short_budget_mpl_student_beats_the_supervised_baseline(digits_master, tmp_path):
+    from teachers.mpl_training import finetune_student, train_mpl
+    from teachers.supervised import train_teacher
+
+    store = RunStore(tmp_path / "run")
+    short = [
+        "teacher.steps=60",
+        "teacher.eval_every=20",
+        "teacher.warmup_steps=5",
+        "mpl.steps=150",
+        "mpl.eval_every=50",
+        "mpl.student_wait_steps=20",
+        "mpl.uda_warmup_steps=50",
+        "mpl.finetune.steps=50",
+    ]
+    cfg = store.open(digits_master, None, short)
+    dataset, cpu = load_dataset(digits_master), torch.device("cpu")
+    baseline = train_teacher(store, dataset, cfg, cpu)
+    train_mpl(store, dataset, cfg, cpu)
+    finetuned = finetune_student(store, dataset, cfg, cpu)
+    assert finetuned["test_accuracy"] > baseline["test_accuracy"], (
+        baseline["test_accuracy"],
+        finetuned["test_accuracy"],
+    )
