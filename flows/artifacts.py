@@ -77,9 +77,10 @@ def publish_iteration_summary(store: RunStore, iteration: int, extra: dict[str, 
         f"- best step (chosen on val): {card['best_step']} of {card['steps']}; skipped samples: {card['skipped_samples']}",
     ]
     if card.get("unlabeled_batch") is not None:
+        magnitude = card.get("randaugment_magnitude")
         lines.append(
-            f"- batches: {card['labeled_batch']} labeled + {card['unlabeled_batch']} pseudo-labeled "
-            f"(ratio {card['unlabeled_ratio']}); RandAugment magnitude {card['randaugment_magnitude']}"
+            f"- batches: {card['labeled_batch']} labeled + {card['unlabeled_batch']} unlabeled "
+            f"(ratio {card['unlabeled_ratio']})" + (f"; RandAugment magnitude {magnitude}" if magnitude else "")
         )
     if card.get("pseudo_label_accuracy") is not None:
         lines.append(
