@@ -44,11 +44,16 @@ def _steps_per_s(step, batch_of, steps: int, warmup: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def measure(work: Path, steps: int, iteration: int) -> dict:
+def measure(work: Path, steps: int, iteration: int, workers: int) -> dict:
     data = work / "digits"
     build_digits(data)
     store = RunStore(work / "run")
-    overrides = ["teacher.steps=40", "teacher.eval_every=40", "teacher.warmup_steps=5"]
+    overrides = [
+        "teacher.steps=40",
+        "teacher.eval_every=40",
+        "teacher.warmup_steps=5",
+        f"data.num_workers={workers}",
+    ]
     cfg = store.open(data, None, overrides)
     dataset = load_dataset(data)
     device = torch.device("cpu")
@@ -71,6 +76,7 @@ def measure(work: Path, steps: int, iteration: int) -> dict:
         "labeled_batch": cfg.student.batch_size,
         "unlabeled_batch": setup.pseudo_batch,
         "threads": torch.get_num_threads(),
+        "data_workers": workers,
         "steps": steps,
         "pipeline_samples_per_s": round(pipeline * per_step, 1),
         "model_samples_per_s": round(memory * per_step, 1),
@@ -87,13 +93,16 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
     parser.add_argument("--iteration", type=int, default=1, help="1 = 14x batches, 2 = 28x")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="DataLoader worker processes (data.num_workers)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("TQDM_DISABLE", "1")
     with tempfile.TemporaryDirectory(prefix="bench-student-") as tmp:
         if args.iteration > 1:
             raise SystemExit("--iteration > 1 needs a trained iteration 1; measure iteration 1")
-        result = measure(Path(tmp), args.steps, args.iteration)
+        result = measure(Path(tmp), args.steps, args.iteration, args.workers)
     if args.json:
         print(json.dumps(result))
         return

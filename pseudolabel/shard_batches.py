@@ -26,8 +26,9 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 from torchvision.transforms import v2
 
+from pseudolabel.tar_reader import iter_shard_fast
 from selftrain.data.dataset_info import Dataset, ShardEntry
-from selftrain.data.shards import SkipCounter, decode_sample, iter_shard
+from selftrain.data.shards import SkipCounter, decode_sample
 from selftrain.errors import CorruptSampleError, SelftrainError
 from selftrain.transforms import eval_transform
 
@@ -128,7 +129,7 @@ class ShardBatches(IterableDataset):
         images: list[torch.Tensor] = []
         keys: list[str] = []
         try:
-            for raw in iter_shard(
+            for raw in iter_shard_fast(
                 path, entry, verify=self.verify, skip_corrupt=self.skip_corrupt, skipped=skipped
             ):
                 try:
