@@ -80,7 +80,8 @@ def publish_iteration_summary(store: RunStore, iteration: int, extra: dict[str, 
         magnitude = card.get("randaugment_magnitude")
         lines.append(
             f"- batches: {card['labeled_batch']} labeled + {card['unlabeled_batch']} unlabeled "
-            f"(ratio {card['unlabeled_ratio']})" + (f"; RandAugment magnitude {magnitude}" if magnitude else "")
+            f"(ratio {card['unlabeled_ratio']})"
+            + (f"; RandAugment magnitude {magnitude}" if magnitude else "")
         )
     if card.get("pseudo_label_accuracy") is not None:
         lines.append(

@@ -108,7 +108,8 @@ class StudentConfig(TrainConfig):
     )
     randaugment_ops: int = Field(2, ge=1, le=6, description="RandAugment operations per image.")
     init_from_teacher: bool = Field(
-        True, description="Start from the teacher's weights where names and shapes match (all of them for an equal-size student)."
+        True,
+        description="Start from the teacher's weights where names and shapes match (all of them for an equal-size student).",
     )
     ema_decay: float = Field(
         0.0, ge=0, lt=1, description="Weight EMA decay for the evaluated student; 0 = off."
