@@ -1,0 +1,1 @@
+"""Data sets as WebDataset shards: the `dataset.json` index, shard I/O and training streams."""

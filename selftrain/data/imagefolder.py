@@ -1,0 +1,151 @@
+"""Import an ImageFolder tree (one subfolder per class) into shards.
+
+Images keep their original encoded bytes when PIL can read them and the format is one WebDataset
+decoders know; anything else PIL reads is re-encoded as PNG. Sizes are left alone: resizing is the
+transforms' job, so the shards serve every model resolution.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from selftrain.data.dataset_info import INDEX_NAME, DatasetInfo, SplitInfo, save_dataset
+from selftrain.data.shards import IMAGE_EXTS, RawSample, write_split
+from selftrain.errors import SelftrainError
+
+log = logging.getLogger("selftrain.data")
+
+
+def _class_dirs(root: Path, flag: str) -> list[str]:
+    if not root.is_dir():
+        raise SelftrainError(f"{flag} {root}: folder not found")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise SelftrainError(
+            f"{flag} {root}: expected one subfolder per class (ImageFolder layout), found none"
+        )
+    return classes
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def _key(root: Path, path: Path, index: int) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_-]", "_", str(path.relative_to(root).with_suffix("")))
+    return f"{index:07d}_{stem}"[:120]
+
+
+def _read_image(path: Path, skip_corrupt: bool) -> tuple[bytes, str, Image.Image] | None:
+    data = path.read_bytes()
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError, ValueError):
+        if skip_corrupt:
+            log.warning("%s: not a readable image; skipped (--skip-corrupt)", path)
+            return None
+        raise SelftrainError(f"{path}: not an image PIL can read; remove it or pass --skip-corrupt") from None
+    ext = path.suffix.lower().lstrip(".")
+    if ext not in IMAGE_EXTS:
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        data, ext = buf.getvalue(), "png"
+    return data, ("jpg" if ext == "jpeg" else ext), img
+
+
+class _Collector:
+    """Reads images once, remembering the geometry the index needs."""
+
+    def __init__(self, skip_corrupt: bool):
+        self.skip_corrupt = skip_corrupt
+        self.sizes: Counter[tuple[int, int]] = Counter()
+        self.color = False
+        self.skipped = 0
+
+    def samples(self, root: Path, items: list[tuple[Path, int | None]]):
+        for i, (path, label) in enumerate(items):
+            got = _read_image(path, self.skip_corrupt)
+            if got is None:
+                self.skipped += 1
+                continue
+            data, ext, img = got
+            self.sizes[(img.height, img.width)] += 1
+            self.color |= img.mode not in ("L", "1", "I", "I;16", "F", "LA")
+            yield RawSample(key=_key(root, path, i), image=data, ext=ext, label=label)
+
+
+def import_imagefolder(
+    *,
+    labeled: Path,
+    unlabeled: Path,
+    test: Path,
+    out: Path,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    samples_per_shard: int = 1000,
+    skip_corrupt: bool = False,
+) -> DatasetInfo:
+    out = Path(out)
+    if (out / INDEX_NAME).exists():
+        raise SelftrainError(
+            f"{out / INDEX_NAME}: a data set is already there; choose another --out or delete it"
+        )
+    if not 0 < val_fraction < 1:
+        raise SelftrainError(f"--val-fraction: must be between 0 and 1 (got {val_fraction})")
+    classes = _class_dirs(labeled, "--labeled")
+    test_classes = _class_dirs(test, "--test")
+    unknown = sorted(set(test_classes) - set(classes))
+    if unknown:
+        raise SelftrainError(
+            f"--test {test}: classes {unknown} are not in --labeled {labeled}; rename or remove them"
+        )
+    if not unlabeled.is_dir():
+        raise SelftrainError(f"--unlabeled {unlabeled}: folder not found")
+
+    labeled_items = [(p, c) for c, name in enumerate(classes) for p in _files(labeled / name)]
+    test_items = [(p, classes.index(name)) for name in test_classes for p in _files(test / name)]
+    unlabeled_items: list[tuple[Path, int | None]] = [(p, None) for p in _files(unlabeled)]
+
+    # Stratified val carve-out: at least one image per class when the class has two or more.
+    rng = np.random.default_rng(seed)
+    train_items, val_items = [], []
+    for c in range(len(classes)):
+        members = [it for it in labeled_items if it[1] == c]
+        if not members:
+            raise SelftrainError(f"--labeled {labeled / classes[c]}: class folder has no files")
+        order = rng.permutation(len(members))
+        n_val = min(max(1, round(len(members) * val_fraction)), len(members) - 1)
+        val_items += [members[i] for i in order[:n_val]]
+        train_items += [members[i] for i in order[n_val:]]
+
+    out.mkdir(parents=True, exist_ok=True)
+    collector = _Collector(skip_corrupt)
+    splits: dict[str, SplitInfo] = {}
+    for name, root, items in [
+        ("labeled", labeled, train_items),
+        ("val", labeled, val_items),
+        ("test", test, test_items),
+        ("unlabeled", unlabeled, unlabeled_items),
+    ]:
+        counts: Counter[str] = Counter()
+        stream = collector.samples(root, items)
+        counted = (counts.update([classes[s.label]]) or s if s.label is not None else s for s in stream)
+        shards = write_split(out, name, counted, samples_per_shard)
+        splits[name] = SplitInfo(labeled=name != "unlabeled", shards=shards, counts=dict(counts))
+
+    size = collector.sizes.most_common(1)[0][0] if collector.sizes else (0, 0)
+    info = DatasetInfo(
+        name=out.name, classes=classes, image_size=size, channels=3 if collector.color else 1, splits=splits
+    )
+    save_dataset(out, info)
+    if collector.skipped:
+        log.warning("skipped %d unreadable files (--skip-corrupt)", collector.skipped)
+    return info
