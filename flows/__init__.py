@@ -14,6 +14,8 @@ _OURS = ("selftrain", "pseudolabel")
 _extra = [n for n in os.environ.get("PREFECT_LOGGING_EXTRA_LOGGERS", "").split(",") if n]
 os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] = ",".join(dict.fromkeys([*_extra, *_OURS]))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry from offline machines
+# The same domain code also runs outside flows (CLI, tests): there its lines just stay local.
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 _prefect_was_imported = "prefect" in sys.modules
 
 from prefect.logging.handlers import APILogHandler  # noqa: E402

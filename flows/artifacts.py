@@ -18,7 +18,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from selftrain.report import TABLE_COLUMNS, _fmt, accuracy_plot_png, markdown_table
+from selftrain.report import TABLE_COLUMNS, accuracy_plot_png, format_value, markdown_table
 from selftrain.runstore import RunStore
 
 
@@ -48,7 +48,7 @@ def publish_run_report(store: RunStore, flow_name: str) -> None:
     name = _key(store.root.name) or "run"
     create_table_artifact(
         key=f"{_key(flow_name)}-{name}-metrics",
-        table=[{head: _fmt(key, r.get(key)) for key, head in TABLE_COLUMNS} for r in rows],
+        table=[{head: format_value(key, r.get(key)) for key, head in TABLE_COLUMNS} for r in rows],
         description=f"Per-iteration metrics of {store.root}",
     )
     png = base64.b64encode(accuracy_plot_png(rows, f"accuracy per iteration: {store.root.name}")).decode()
@@ -59,7 +59,7 @@ def publish_run_report(store: RunStore, flow_name: str) -> None:
     if best is not None:
         summary.append(
             f"Latest model: iteration {best['iteration']} ({best['role']}, {best['model']}), "
-            f"val {_fmt('val_accuracy', best['val_accuracy'])}, test {_fmt('test_accuracy', best['test_accuracy'])}."
+            f"val {format_value('val_accuracy', best['val_accuracy'])}, test {format_value('test_accuracy', best['test_accuracy'])}."
         )
     summary += ["", markdown_table(rows), "", f"![accuracy per iteration](data:image/png;base64,{png})", ""]
     create_markdown_artifact(
@@ -73,7 +73,7 @@ def publish_iteration_summary(store: RunStore, iteration: int, extra: dict[str, 
         f"## Iteration {iteration}: {card['role']} `{card['architecture']}`",
         "",
         f"- parameters: {card['params']:,}; FLOPs per image: {card.get('flops') or 0:,}",
-        f"- val top-1: {_fmt('val_accuracy', card['val_accuracy'])}; test top-1: {_fmt('test_accuracy', card['test_accuracy'])}",
+        f"- val top-1: {format_value('val_accuracy', card['val_accuracy'])}; test top-1: {format_value('test_accuracy', card['test_accuracy'])}",
         f"- best step (chosen on val): {card['best_step']} of {card['steps']}; skipped samples: {card['skipped_samples']}",
     ]
     if card.get("unlabeled_batch") is not None:
@@ -85,7 +85,7 @@ def publish_iteration_summary(store: RunStore, iteration: int, extra: dict[str, 
         )
     if card.get("pseudo_label_accuracy") is not None:
         lines.append(
-            f"- accuracy of the pseudo-labels it learned from: {_fmt('pseudo_label_accuracy', card['pseudo_label_accuracy'])}"
+            f"- accuracy of the pseudo-labels it learned from: {format_value('pseudo_label_accuracy', card['pseudo_label_accuracy'])}"
         )
     for key, value in (extra or {}).items():
         lines.append(f"- {key}: {value}")

@@ -29,7 +29,7 @@ TABLE_COLUMNS = [
 ]
 
 
-def _fmt(key: str, value: Any) -> str:
+def format_value(key: str, value: Any) -> str:
     if value is None:
         return "-"
     if key == "params":
@@ -42,7 +42,7 @@ def _fmt(key: str, value: Any) -> str:
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]] = TABLE_COLUMNS) -> str:
-    cells = [[_fmt(key, r.get(key)) for key, _ in columns] for r in rows]
+    cells = [[format_value(key, r.get(key)) for key, _ in columns] for r in rows]
     heads = [h for _, h in columns]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(heads)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True))]
@@ -52,7 +52,7 @@ def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]] = TA
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]] = TABLE_COLUMNS) -> str:
     lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(k, r.get(k)) for k, _ in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(format_value(k, r.get(k)) for k, _ in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
