@@ -39,7 +39,7 @@ from teachers.meta_pseudo_labels import (
     uda_loss,
     uda_weight,
 )
-from teachers.supervised import labeled_batches
+from teachers.supervised import labeled_batches, train_supervised
 
 log = logging.getLogger("selftrain.mpl")
 
@@ -248,60 +248,30 @@ def finetune_student(
     progress_hooks: list[ProgressHook] | None = None,
 ) -> dict[str, Any]:
     """Finetune the MPL student (iteration 2) on labeled data; never worse on val than its start."""
-    from teachers.supervised import supervised_step
-
     ft = cfg.mpl.finetune
     weights, card = store.load_weights(STUDENT_IT)
     seed_everything(cfg.seed + 200)
-    size, chans = cfg.data.image_size, dataset.info.channels
     model = build_model(
         card["architecture"],
         num_classes=dataset.info.num_classes,
-        in_chans=chans,
+        in_chans=dataset.info.channels,
         drop_rate=ft.drop_rate,
         field="mpl.student_model",
     )
     model.load_state_dict(weights)
-    model = prepare_model(model, device)
-    optimizer, scheduler = build_optimizer(model, ft), None
-    scheduler = build_scheduler(optimizer, ft)
-    batches, streams = labeled_batches(
-        dataset, cfg, ft, device, cfg.seed + 200, train_transform(size, chans, ft.augment)
-    )
-    score, val_skipped = val_scorer(model, dataset, cfg, device, size)
-    loop = TrainLoop(
-        modules={"model": model},
-        optimizers={"model": optimizer},
-        schedulers={"model": scheduler},
-        step_fn=lambda batch, step: supervised_step(
-            model, optimizer, scheduler, batch, label_smoothing=ft.label_smoothing, device=device
-        ),
-        batches=batches,
-        evaluate=score,
-        selected="model",
-        steps=ft.steps,
-        eval_every=ft.eval_every,
-        checkpoint_every=ft.checkpoint_every,
-        checkpoint_dir=store.iter_dir(FINETUNED_IT) / "checkpoints",
-        desc="finetune MPL student",
-        progress_hooks=progress_hooks or [],
-        evaluate_at_start=True,
-    )
-    return train_and_record(
-        store=store,
-        dataset=dataset,
-        cfg=cfg,
-        device=device,
+    return train_supervised(
+        store,
+        dataset,
+        cfg,
+        device,
+        prepare_model(model, device),
+        ft,
         iteration=FINETUNED_IT,
         role="mpl-finetuned",
         architecture=card["architecture"],
-        image_size=size,
-        loop=loop,
-        selected_model=model,
-        val_skipped=val_skipped,
-        train_streams=streams,
-        card_extra=lambda: {
-            "finetuned_from": STUDENT_IT,
-            "val_accuracy_before_finetune": card["val_accuracy"],
-        },
+        seed=cfg.seed + 200,
+        desc="finetune MPL student",
+        progress_hooks=progress_hooks,
+        evaluate_at_start=True,
+        card_extra={"finetuned_from": STUDENT_IT, "val_accuracy_before_finetune": card["val_accuracy"]},
     )

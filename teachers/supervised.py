@@ -76,7 +76,7 @@ def train_teacher(
     train = cfg.teacher
     dataset.check_files(["labeled", "val", "test"])
     seed_everything(cfg.seed + iteration)
-    size, chans = cfg.data.image_size, dataset.info.channels
+    chans = dataset.info.channels
     model = build_model(
         train.model,
         num_classes=dataset.info.num_classes,
@@ -85,11 +85,49 @@ def train_teacher(
         drop_path_rate=train.drop_path_rate,
         field="teacher.model",
     )
-    model = prepare_model(model, device)
+    return train_supervised(
+        store,
+        dataset,
+        cfg,
+        device,
+        prepare_model(model, device),
+        train,
+        iteration=iteration,
+        role="teacher",
+        architecture=train.model,
+        seed=cfg.seed + iteration,
+        desc=f"teacher iter {iteration}",
+        progress_hooks=progress_hooks,
+    )
+
+
+def train_supervised(
+    store: RunStore,
+    dataset: Dataset,
+    cfg: RunConfig,
+    device: torch.device,
+    model: torch.nn.Module,
+    train: TrainConfig,
+    *,
+    iteration: int,
+    role: str,
+    architecture: str,
+    seed: int,
+    desc: str,
+    progress_hooks: list[ProgressHook] | None = None,
+    evaluate_at_start: bool = False,
+    card_extra: dict | None = None,
+) -> dict:
+    """Supervised training of `model` on the labeled split, recorded as `iteration` of the run.
+
+    The teacher trains from scratch; MPL's finetune passes its trained student and
+    `evaluate_at_start=True`, so its result is never worse on val than where it started.
+    """
+    size, chans = cfg.data.image_size, dataset.info.channels
     optimizer = build_optimizer(model, train)
     scheduler = build_scheduler(optimizer, train)
     batches, streams = labeled_batches(
-        dataset, cfg, train, device, cfg.seed + iteration, train_transform(size, chans, train.augment)
+        dataset, cfg, train, device, seed, train_transform(size, chans, train.augment)
     )
     score, val_skipped = val_scorer(model, dataset, cfg, device, size)
     loop = TrainLoop(
@@ -106,8 +144,9 @@ def train_teacher(
         eval_every=train.eval_every,
         checkpoint_every=train.checkpoint_every,
         checkpoint_dir=store.iter_dir(iteration) / "checkpoints",
-        desc=f"teacher iter {iteration}",
+        desc=desc,
         progress_hooks=progress_hooks or [],
+        evaluate_at_start=evaluate_at_start,
     )
     return train_and_record(
         store=store,
@@ -115,12 +154,12 @@ def train_teacher(
         cfg=cfg,
         device=device,
         iteration=iteration,
-        role="teacher",
-        architecture=train.model,
+        role=role,
+        architecture=architecture,
         image_size=size,
         loop=loop,
         selected_model=model,
         val_skipped=val_skipped,
         train_streams=streams,
-        card_extra=lambda: {"labeled_batch": train.batch_size},
+        card_extra=lambda: {"labeled_batch": train.batch_size, **(card_extra or {})},
     )
