@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from selftrain.data.dataset_info import ShardEntry
-from selftrain.data.shards import SkipCounter, iter_shard
+from selftrain.data.shards import SkipCounter, finish_shard, iter_shard
 from selftrain.errors import SelftrainError
 
 log = logging.getLogger("selftrain.data")
@@ -193,16 +193,13 @@ def iter_shard_fast(
     finally:
         f.close()
 
-    if failure is None and n != entry.samples:
-        failure = f"holds {n} samples but dataset.json says {entry.samples} (truncated or replaced)"
-    if failure is None and verify and entry.sha256 and reader.digest.hexdigest() != entry.sha256:
-        failure = "sha256 differs from dataset.json (file changed or corrupt)"
-    if failure is not None:
-        if not skip_corrupt:
-            raise SelftrainError(
-                f"{path}: {failure}; restore the shard, rebuild the data set, or pass --skip-corrupt"
-            )
-        missing = max(entry.samples - n, 0)
-        log.warning("%s: %s; skipping %d missing samples (--skip-corrupt)", path, failure, missing)
-        if skipped is not None and missing:
-            skipped.add(missing)
+    finish_shard(
+        path,
+        entry,
+        n,
+        reader.digest.hexdigest(),
+        failure,
+        verify=verify,
+        skip_corrupt=skip_corrupt,
+        skipped=skipped,
+    )

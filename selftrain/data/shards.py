@@ -143,19 +143,30 @@ def iter_shard(
     finally:
         stream.close()
 
+    finish_shard(path, entry, n, reader.digest.hexdigest(), failure, verify=verify, skip_corrupt=skip_corrupt,
+                 skipped=skipped)
+
+
+def finish_shard(
+    path: Path, entry: ShardEntry, n: int, digest: str, failure: str | None, *, verify: bool,
+    skip_corrupt: bool, skipped: SkipCounter | None,
+) -> None:
+    """After a shard's last sample: check count and checksum; raise, or warn and count with skip_corrupt.
+
+    Shared by every shard reader so they all fail with the same one-line errors.
+    """
     if failure is None and n != entry.samples:
         failure = f"holds {n} samples but dataset.json says {entry.samples} (truncated or replaced)"
-    if failure is None and verify and entry.sha256 and reader.digest.hexdigest() != entry.sha256:
+    if failure is None and verify and entry.sha256 and digest != entry.sha256:
         failure = "sha256 differs from dataset.json (file changed or corrupt)"
-    if failure is not None:
-        if not skip_corrupt:
-            raise SelftrainError(
-                f"{path}: {failure}; restore the shard, rebuild the data set, or pass --skip-corrupt"
-            )
-        missing = max(entry.samples - n, 0)
-        if skipped is not None:  # None: a later epoch over the same shard, already reported
-            log.warning("%s: %s; skipping %d missing samples (--skip-corrupt)", path, failure, missing)
-            skipped.add(missing)
+    if failure is None:
+        return
+    if not skip_corrupt:
+        raise SelftrainError(f"{path}: {failure}; restore the shard, rebuild the data set, or pass --skip-corrupt")
+    missing = max(entry.samples - n, 0)
+    if skipped is not None:  # None: a later epoch over the same shard, already reported
+        log.warning("%s: %s; skipping %d missing samples (--skip-corrupt)", path, failure, missing)
+        skipped.add(missing)
 
 
 @dataclass
