@@ -154,6 +154,17 @@ class TrainLoop:
                         best_score, best_step = score, done
                         best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
                     bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{score:.3f}", best=f"{best_score:.3f}")
+                    # The bar is for terminals; this line is what reaches the Prefect UI's task logs.
+                    log.info(
+                        "%s step %d/%d: loss %.4f, val %.4f (best %.4f at step %d)",
+                        self.desc,
+                        done,
+                        self.steps,
+                        row["loss"],
+                        score,
+                        best_score,
+                        best_step,
+                    )
                 bar.update(1)
                 for hook in self.progress_hooks:
                     hook(done, self.steps, metrics)

@@ -23,6 +23,7 @@ TABLE_COLUMNS = [
     ("params", "params"),
     ("labeled_batch", "labeled B"),
     ("unlabeled_batch", "unlabeled B"),
+    ("unlabeled_ratio", "ratio"),
     ("pseudo_label_accuracy", "pseudo-label acc"),
     ("val_accuracy", "val acc"),
     ("test_accuracy", "test acc"),
