@@ -35,8 +35,20 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_nproc_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--nproc-per-node",
+        type=int,
+        metavar="N",
+        help="train with N torchrun processes (DDP; gloo on the CPU, one GPU each on CUDA); "
+        "sets distributed.nproc_per_node",
+    )
+
+
 def _runtime_overrides(args: argparse.Namespace) -> list[str]:
     extra = list(args.overrides)
+    if getattr(args, "nproc_per_node", None) is not None:
+        extra.append(f"distributed.nproc_per_node={args.nproc_per_node}")
     if args.device:
         extra.append(f"device={args.device}")
     if args.skip_corrupt:
@@ -77,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     ttrain.add_argument("--data", required=True, type=Path)
     ttrain.add_argument("--run-dir", required=True, type=Path)
     _add_config_args(ttrain)
+    _add_nproc_arg(ttrain)
 
     ev = sub.add_parser("eval", help="re-evaluate a saved iteration")
     ev.add_argument("--run-dir", required=True, type=Path)
@@ -115,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--from-iteration", type=int, help="noisy-student: keep iterations <= K, train a new K+1"
     )
     _add_config_args(run)
+    _add_nproc_arg(run)
 
     srv = sub.add_parser(
         "serve", help="serve the Prefect deployments noisy-student/iter and meta-pseudo-labels/train"
@@ -178,6 +192,12 @@ def cmd_teacher_train(args: argparse.Namespace) -> None:
     cfg = store.open(args.data, args.config, _runtime_overrides(args))
     if store.stage_state(0, "train") == "done":
         print(f"{store.iter_dir(0)}: teacher already trained; nothing to do")
+    elif cfg.distributed.nproc_per_node > 1:
+        from selftrain.launch import launch_training
+
+        launch_training(
+            "teacher", store.root, cfg, on_line=lambda line: print(line, file=sys.stderr, flush=True)
+        )
     else:
         train_teacher(store, dataset, cfg, resolve_device(cfg.device))
     print_status(store, as_json=False)

@@ -219,6 +219,19 @@ class PseudoLabelConfig(_Strict):
     )
 
 
+class DistributedConfig(_Strict):
+    """Data-parallel training through torchrun (`selftrain/distributed.py`, `selftrain/launch.py`)."""
+
+    nproc_per_node: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Training processes (torchrun ranks; one per GPU on CUDA, gloo on the CPU) for the "
+        "teacher, the students and MPL. 1 trains in-process. Batch sizes stay global (each rank takes "
+        "batch / nproc_per_node, which must divide them); may change when a run is resumed.",
+    )
+
+
 class RunConfig(_Strict):
     seed: int = Field(0, ge=0, description="Seeds Python, NumPy and torch; a CPU run is repeatable.")
     device: Literal["auto", "cpu", "cuda"] = Field(
@@ -229,6 +242,7 @@ class RunConfig(_Strict):
     student: StudentConfig = Field(default_factory=StudentConfig)
     pseudolabel: PseudoLabelConfig = Field(default_factory=PseudoLabelConfig)
     mpl: MPLConfig = Field(default_factory=MPLConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
 
 def _describe(error: dict[str, Any]) -> str:

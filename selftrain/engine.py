@@ -6,6 +6,12 @@ owns forward, backward and the optimizer steps, since MPL steps two models). The
 bookkeeping that must be identical everywhere: model selection on the val split only, checkpoints
 every N steps written atomically, and resuming from the newest checkpoint with the data stream
 positioned where it stopped.
+
+Under torchrun (`selftrain.distributed`) every rank runs this same loop in lock step: metrics are
+averaged over ranks each step (so every rank logs, checks for a non-finite loss and stops at the
+same step), evaluation is split over ranks and summed, rank 0 alone writes checkpoints, and all
+ranks resume from the same checkpoint, whatever world size wrote it: checkpoints hold bare
+modules, the global step and nothing per rank.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from selftrain import distributed
 from selftrain.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from selftrain.errors import SelftrainError
 
@@ -37,6 +44,8 @@ class TrainResult:
     history: list[dict[str, float]]
     resumed_from: int | None
     extra: dict[str, Any] = field(default_factory=dict)
+    world_size: int = 1
+    resumed_world_size: int | None = None  # the world size that wrote the checkpoint resumed from
 
 
 @dataclass
@@ -78,9 +87,11 @@ class TrainLoop:
         best_score, best_step = -1.0, -1
         best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         restored = self._resume()
+        resumed_world_size = None
         if restored is not None:
             start, state, extra = restored
             resumed_from = start
+            resumed_world_size = state.get("world_size", 1)
             history = state["history"]
             best_score, best_step = state["best_score"], state["best_step"]
             if self.set_extra_state is not None and "extra" in state:
@@ -89,10 +100,22 @@ class TrainLoop:
                 k[len("best.") :]: v for k, v in extra.items() if k.startswith("best.")
             } or best_state
             log.info(
-                "resuming %s from step %d (best val %.4f at step %d)", self.desc, start, best_score, best_step
+                "resuming %s from step %d (best val %.4f at step %d; written by %d process(es), now %d)",
+                self.desc,
+                start,
+                best_score,
+                best_step,
+                resumed_world_size,
+                distributed.world_size(),
             )
+        distributed.same_on_all_ranks(start, f"{self.checkpoint_dir}: the step each rank resumes from")
+        distributed.decorrelate_rng()
+        main = distributed.is_main()
 
         def checkpoint(step: int) -> None:
+            if not main:  # rank 0 writes; the others wait so that no rank runs ahead of the file
+                distributed.barrier()
+                return
             save_checkpoint(
                 self.checkpoint_dir,
                 step,
@@ -103,10 +126,12 @@ class TrainLoop:
                     "history": history,
                     "best_score": best_score,
                     "best_step": best_step,
+                    "world_size": distributed.world_size(),
                     **({"extra": self.get_extra_state()} if self.get_extra_state else {}),
                 },
                 extra_tensors={f"best.{k}": v for k, v in best_state.items()},
             )
+            distributed.barrier()
 
         if self.evaluate_at_start and restored is None:
             best_score, best_step = self.evaluate(), 0
@@ -118,7 +143,7 @@ class TrainLoop:
             desc=self.desc,
             dynamic_ncols=True,
             file=sys.stderr,
-            disable=None,
+            disable=None if main else True,
             leave=True,
         )
         running: dict[str, float] = {}
@@ -134,7 +159,7 @@ class TrainLoop:
                         f"{self.desc}: the training stream ran dry at step {step}; "
                         "every sample of the split was skipped as corrupt"
                     ) from None
-                metrics = self.step_fn(batch, step)
+                metrics = distributed.mean_scalars(self.step_fn(batch, step))
                 if not all(map(_finite, metrics.values())):
                     raise SelftrainError(
                         f"{self.desc}: loss became {metrics.get('loss')} at step {step}; lower the learning rate"
@@ -166,7 +191,7 @@ class TrainLoop:
                         best_step,
                     )
                 bar.update(1)
-                for hook in self.progress_hooks:
+                for hook in self.progress_hooks if main else []:
                     hook(done, self.steps, metrics)
                 if done % self.checkpoint_every == 0 or done == self.steps:
                     checkpoint(done)
@@ -179,6 +204,8 @@ class TrainLoop:
             steps=self.steps,
             history=history,
             resumed_from=resumed_from,
+            world_size=distributed.world_size(),
+            resumed_world_size=resumed_world_size,
         )
 
 

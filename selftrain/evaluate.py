@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from selftrain import distributed
 from selftrain.device import autocast, to_device
 
 
@@ -45,6 +46,12 @@ def evaluate(model: torch.nn.Module, loader, num_classes: int, device: torch.dev
             correct += torch.bincount(y[hit], minlength=num_classes)
     finally:
         model.train(was_training)
+    # Under torchrun each rank saw its share of the split: the sums make it the whole split's result.
+    if distributed.active():
+        packed = torch.cat([correct, total]).double()
+        packed = distributed.sum_(torch.cat([packed, torch.tensor([loss_sum], dtype=torch.float64)]))
+        correct, total = packed[:num_classes].long(), packed[num_classes : 2 * num_classes].long()
+        loss_sum = float(packed[-1])
     n = int(total.sum())
     per_class = [(int(c) / int(t)) if t else None for c, t in zip(correct, total, strict=True)]
     return EvalResult(

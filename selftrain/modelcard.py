@@ -28,8 +28,10 @@ def build_card(
     skipped_samples: int,
     seed: int,
     device: torch.device,
+    world_size: int = 1,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """`world_size`: processes that trained the model (torchrun ranks; 1 in-process)."""
     info = dataset.info
     return {
         "iteration": iteration,
@@ -55,7 +57,7 @@ def build_card(
         "skipped_samples": skipped_samples,
         "seed": seed,
         "device": device.type,
-        "world_size": 1,
+        "world_size": world_size,
         "created": time.time(),
         **(extra or {}),
     }

@@ -32,7 +32,7 @@ CONFIG = "config.yaml"
 WEIGHTS = "model.safetensors"
 CARD = "model.json"
 # Settings that may change between a run and its resumption without changing the results' meaning.
-RUNTIME_KEYS = {"device", "data.num_workers", "data.skip_corrupt"}
+RUNTIME_KEYS = {"device", "data.num_workers", "data.skip_corrupt", "distributed.nproc_per_node"}
 
 
 def _pid_alive(pid: int) -> bool:
@@ -113,6 +113,7 @@ class RunStore:
                             "skip_corrupt": requested.data.skip_corrupt,
                         }
                     ),
+                    "distributed": requested.distributed,
                 }
             )
         return saved

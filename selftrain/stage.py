@@ -3,6 +3,9 @@
 Marks the stage running, runs the `TrainLoop` (which resumes from its own checkpoints), restores
 the weights chosen on val, evaluates val and test, writes weights and model card atomically, and
 only then marks the stage done. A stage that fails is marked failed and leaves no model files.
+
+Under torchrun every rank trains and evaluates (evaluation is split over ranks and summed); rank 0
+alone touches the run directory: manifest, weights, model card, checkpoints.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 
 import torch
 
+from selftrain import distributed
 from selftrain.config import RunConfig
 from selftrain.data.dataset_info import Dataset
 from selftrain.data.stream import SplitStream, make_loader
@@ -34,7 +38,12 @@ def evaluate_split(
     device: torch.device,
     image_size: int,
 ) -> tuple[EvalResult, int]:
-    """One deterministic pass over a labeled split; returns the result and the skipped count."""
+    """One deterministic pass over a labeled split; returns the result and the skipped count.
+
+    In a process group each rank reads its share of the split and the counts are summed, so every
+    rank returns the whole split's result, computed with rank 0's BatchNorm statistics.
+    """
+    distributed.broadcast_buffers(model)
     stream = SplitStream(
         dataset,
         split,
@@ -43,7 +52,8 @@ def evaluate_split(
         skip_corrupt=cfg.data.skip_corrupt,
     )
     loader = make_loader(stream, 256, cfg.data.num_workers, device)
-    return evaluate(model, loader, dataset.info.num_classes, device), stream.skipped.count
+    result = evaluate(model, loader, dataset.info.num_classes, device)
+    return result, distributed.sum_int(stream.skipped.count)
 
 
 def val_scorer(
@@ -76,14 +86,20 @@ def train_and_record(
     card_extra: Callable[[], dict[str, Any]],
     save_also: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """`save_also` saves companion models (MPL's teacher) before the stage is marked done."""
-    store.mark_stage(iteration, "train", "running", role=role, model=architecture)
+    """`save_also` saves companion models (MPL's teacher) before the stage is marked done.
+
+    Every rank calls this (and `save_also`, which evaluates on every rank and writes on rank 0).
+    """
+    main = distributed.is_main()
+    if main:
+        store.mark_stage(iteration, "train", "running", role=role, model=architecture)
     try:
         result = loop.run()
         selected_model.load_state_dict(result.best_state)
         val, _ = evaluate_split(selected_model, dataset, "val", cfg, device, image_size)
         test, test_skipped = evaluate_split(selected_model, dataset, "test", cfg, device, image_size)
-        skipped = sum(s.skipped.count for s in train_streams) + val_skipped[0] + test_skipped
+        train_skipped = distributed.sum_int(sum(s.skipped.count for s in train_streams))
+        skipped = train_skipped + val_skipped[0] + test_skipped
         card = build_card(
             iteration=iteration,
             role=role,
@@ -99,16 +115,24 @@ def train_and_record(
             skipped_samples=skipped,
             seed=cfg.seed,
             device=device,
-            extra={"resumed_from_step": result.resumed_from, **card_extra()},
+            world_size=result.world_size,
+            extra={
+                "resumed_from_step": result.resumed_from,
+                "resumed_from_world_size": result.resumed_world_size,
+                **card_extra(),
+            },
         )
-        artifacts = store.save_model(iteration, selected_model.state_dict(), card)
+        artifacts = store.save_model(iteration, selected_model.state_dict(), card) if main else {}
         if save_also is not None:
             save_also()
     except BaseException as exc:
-        state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        store.mark_stage(iteration, "train", state, error=str(exc)[:500])
+        if main:
+            state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            store.mark_stage(iteration, "train", state, error=str(exc)[:500])
         raise
-    store.mark_stage(iteration, "train", "done", artifacts=artifacts)
-    shutil.rmtree(store.iter_dir(iteration) / "checkpoints", ignore_errors=True)  # the model is saved
+    if main:
+        store.mark_stage(iteration, "train", "done", artifacts=artifacts)
+        shutil.rmtree(store.iter_dir(iteration) / "checkpoints", ignore_errors=True)  # the model is saved
+    distributed.barrier()  # no rank returns before the model and the manifest entry exist
     log.info("%s %d: val %.4f test %.4f (%d skipped samples)", role, iteration, val.top1, test.top1, skipped)
     return card

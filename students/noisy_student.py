@@ -9,6 +9,9 @@ one forward pass (so BatchNorm sees both, as in the reference implementation) an
 
 Noise is on the student only: RandAugment on its inputs, dropout and stochastic depth in its body.
 The student must be equal to or larger than its teacher.
+
+Under torchrun (`distributed.nproc_per_node` > 1) B and r*B are global: each rank takes B / world
+labeled and r*B / world pseudo-labeled images per step, so the ratio r holds per rank and globally.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from timm.utils import ModelEmaV3
 
 from pseudolabel.label_shards import pseudo_dir
 from pseudolabel.selection import read_selection
+from selftrain import distributed
 from selftrain.config import RunConfig, StudentConfig
 from selftrain.data.dataset_info import Dataset
 from selftrain.data.stream import make_loader
@@ -83,12 +87,13 @@ def noisy_student_step(
     scheduler.step()
     if ema is not None:
         ema.update(model)
+    world = distributed.world_size()  # the engine averages metrics over ranks: these become global
     return {
         "loss": loss.item(),
         "loss_labeled": loss_l.item(),
         "loss_pseudo": loss_u.item(),
-        "labeled_samples": float(len(x_l)),
-        "pseudo_samples": float(len(x_u)),
+        "labeled_samples": float(len(x_l) * world),
+        "pseudo_samples": float(len(x_u) * world),
     }
 
 
@@ -153,6 +158,7 @@ def prepare_student(
     if sc.init_from_teacher:
         log.info("initialised %d tensors from the teacher", _init_from(model, teacher_weights))
     model = prepare_model(model, device)
+    trained = distributed.wrap(model, device)  # `model` (bare) is evaluated, averaged and saved
     # Warm-up: early on the average follows the weights closely, so random init does not linger.
     ema = ModelEmaV3(model, decay=sc.ema_decay, use_warmup=True) if sc.ema_decay > 0 else None
     optimizer = build_optimizer(model, sc)
@@ -162,8 +168,9 @@ def prepare_student(
     magnitude = sc.for_iteration(sc.randaugment_magnitude, iteration)
     noise = noised_transform(size, chans, sc.augment, magnitude, sc.randaugment_ops)
     seed = cfg.seed + iteration
-    labeled, streams = labeled_batches(dataset, cfg, sc, device, seed, noise)
-    pseudo_batch = ratio * sc.batch_size
+    labeled, streams = labeled_batches(dataset, cfg, sc, device, seed, noise, "student.batch_size")
+    pseudo_batch = ratio * sc.batch_size  # global, like the labeled batch
+    pseudo_per_rank = ratio * distributed.local_batch(sc.batch_size, "student.batch_size")
     copies = {k: int(v) for k, v in selection["copies"].items()}
 
     def batches(start_step: int) -> Iterator:
@@ -180,10 +187,13 @@ def prepare_student(
             shuffle_buffer=cfg.data.shuffle_buffer,
             verify_checksums=cfg.data.verify_checksums,
             skip_corrupt=cfg.data.skip_corrupt,
+            batch_size=pseudo_per_rank,
         )
         streams.append(stream)
         return zip(
-            labeled_it, iter(make_loader(stream, pseudo_batch, cfg.data.num_workers, device)), strict=False
+            labeled_it,
+            iter(make_loader(stream, pseudo_per_rank, cfg.data.num_workers, device)),
+            strict=False,
         )
 
     def step_fn(batch, step: int) -> dict[str, float]:
@@ -191,8 +201,8 @@ def prepare_student(
         if pse is None:  # ratio 0: the student learns from labeled data alone (an ablation)
             empty = (lab[0][:0], torch.zeros(0, dataset.info.num_classes))
             pse = empty
-        return noisy_student_step(
-            model,
+        metrics = noisy_student_step(
+            trained,
             optimizer,
             scheduler,
             lab,
@@ -200,8 +210,10 @@ def prepare_student(
             label_smoothing=sc.label_smoothing,
             pseudo_weight=sc.pseudo_loss_weight,
             device=device,
-            ema=ema,
         )
+        if ema is not None:
+            ema.update(model)  # the bare module: its state_dict keys match the EMA copy's
+        return metrics
 
     return StudentSetup(
         name=name,

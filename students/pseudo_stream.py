@@ -31,12 +31,23 @@ class PseudoLabeledStream(SplitStream):
             raise SelftrainError(
                 f"{self.pseudo_dir}: the selection keeps no image; lower pseudolabel.confidence_threshold"
             )
+        self._sizes: list[int] | None = None
+
+    def _labels(self, i: int):
+        return read_sidecar(
+            sidecar_path(self.pseudo_dir, Path(self.entries[i].path).name), self.dataset.info.num_classes
+        )
+
+    def _shard_sizes(self) -> list[int]:
+        """Copies per shard: the epoch is split over readers by position among the copies."""
+        if self._sizes is None:
+            self._sizes = [
+                sum(self.copies.get(k, 0) for k in self._labels(i).keys) for i in range(len(self.entries))
+            ]
+        return self._sizes
 
     def _shard_samples(self, i: int, counting: bool) -> Iterator[dict]:
-        entry = self.entries[i]
-        labels = read_sidecar(
-            sidecar_path(self.pseudo_dir, Path(entry.path).name), self.dataset.info.num_classes
-        )
+        labels = self._labels(i)
         if not any(self.copies.get(k, 0) for k in labels.keys):
             return  # nothing of this shard was selected: do not read its images
         targets = dict(zip(labels.keys, torch.from_numpy(labels.dense()), strict=True))

@@ -77,7 +77,8 @@ def student_step_feedback(
     h = CE(S(x_l), y) before the step minus after it: positive when the step helped on labeled
     data. With `update=False` (the student's delayed start) nothing changes and h = 0.
     """
-    logits = student(torch.cat([x_labeled, x_unlabeled])).float()
+    with torch.set_grad_enabled(update):  # no graph (and no DDP gradient sync) while the student waits
+        logits = student(torch.cat([x_labeled, x_unlabeled])).float()
     loss_before = F.cross_entropy(logits[: len(x_labeled)].detach(), y_labeled).item()
     loss_pseudo = F.cross_entropy(logits[len(x_labeled) :], pseudo_labels, label_smoothing=label_smoothing)
     if not update:

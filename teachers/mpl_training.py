@@ -7,6 +7,9 @@ starting point), iteration 1 the MPL teacher, iteration 2 the MPL student, itera
 student finetuned on the labeled data. Teacher, student, both optimizers and schedulers, the
 student's EMA, the reward baseline and the step are checkpointed together; a killed run resumes.
 The math of the teacher's feedback is in `teachers.meta_pseudo_labels`.
+
+Under torchrun both models are DistributedDataParallel; the batches in the config are global
+(each rank takes its share), and the feedback h is averaged over ranks (`average_feedback`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from timm.utils import ModelEmaV3
 
+from selftrain import distributed
 from selftrain.config import RunConfig, TrainConfig
 from selftrain.data.dataset_info import Dataset
 from selftrain.data.stream import SplitStream, make_loader
@@ -56,6 +60,21 @@ class WeakStrongPair:
         return self.weak(img), self.strong(img)
 
 
+def average_feedback(h: float) -> float:
+    """The student's feedback h averaged over ranks (all_reduce); the identity in one process.
+
+    Each rank measures h_r = CE before - CE after the student's step on its own share of the labeled
+    batch; the step itself used the DDP-averaged gradient, so every rank's student took the same
+    step. With equal shares the global batch's labeled loss is the mean of the per-rank losses, so
+    mean_r h_r is exactly the h one process would measure on the whole batch. Using that on every
+    rank (a) gives the teacher the one-process MPL gradient: DDP averages h * grad CE_r over ranks
+    into h * grad CE(global batch), whereas per-rank h_r would weight each rank's pseudo-labels by
+    its own noisier reward, a different estimator; and (b) keeps the moving baseline the same on
+    every rank, so the checkpoint rank 0 writes is every rank's state.
+    """
+    return distributed.mean_scalar(h)
+
+
 def _opt_config(lr: float, weight_decay: float, warmup: int, steps: int) -> TrainConfig:
     steps = max(steps, warmup + 1)
     return TrainConfig(lr=lr, weight_decay=weight_decay, warmup_steps=warmup, steps=steps)
@@ -87,6 +106,8 @@ def train_mpl(
             teacher.load_state_dict(weights)
             log.info("MPL teacher starts from the supervised teacher (iteration 0)")
     teacher, student = prepare_model(teacher, device), prepare_model(student, device)
+    # The bare modules are optimised, averaged, evaluated and saved; the wrappers train.
+    t_train, s_train = distributed.wrap(teacher, device), distributed.wrap(student, device)
     ema = ModelEmaV3(student, decay=mc.ema_decay, use_warmup=True) if mc.ema_decay > 0 else None
     t_opt = build_optimizer(teacher, _opt_config(mc.teacher_lr, mc.weight_decay, mc.warmup_steps, mc.steps))
     t_sched = build_scheduler(t_opt, _opt_config(mc.teacher_lr, mc.weight_decay, mc.warmup_steps, mc.steps))
@@ -99,8 +120,11 @@ def train_mpl(
     weak = train_transform(size, chans, cfg.teacher.augment)
     strong = noised_transform(size, chans, cfg.teacher.augment, mc.randaugment_magnitude, mc.randaugment_ops)
     labeled_cfg = TrainConfig(batch_size=mc.batch_size, steps=mc.steps, warmup_steps=0)
-    labeled, streams = labeled_batches(dataset, cfg, labeled_cfg, device, cfg.seed + 100, weak)
-    mu_batch = mc.unlabeled_ratio * mc.batch_size
+    labeled, streams = labeled_batches(
+        dataset, cfg, labeled_cfg, device, cfg.seed + 100, weak, "mpl.batch_size"
+    )
+    mu_batch = mc.unlabeled_ratio * mc.batch_size  # global
+    mu_per_rank = mc.unlabeled_ratio * distributed.local_batch(mc.batch_size, "mpl.batch_size")
 
     def batches(start_step: int) -> Iterator:
         stream = SplitStream(
@@ -115,11 +139,12 @@ def train_mpl(
             verify_checksums=cfg.data.verify_checksums,
             skip_corrupt=cfg.data.skip_corrupt,
             with_keys=True,
+            batch_size=mu_per_rank,
         )
         streams.append(stream)
         return zip(
             labeled(start_step),
-            iter(make_loader(stream, mu_batch, cfg.data.num_workers, device)),
+            iter(make_loader(stream, mu_per_rank, cfg.data.num_workers, device)),
             strict=False,
         )
 
@@ -133,7 +158,7 @@ def train_mpl(
         )
         b, u = len(x_l), len(x_uw)
         with autocast(device):
-            t_logits = teacher(torch.cat([x_l, x_uw, x_us])).float()
+            t_logits = t_train(torch.cat([x_l, x_uw, x_us])).float()
         t_l, t_uw, t_us = t_logits[:b], t_logits[b : b + u], t_logits[b + u :]
         t_sup = F.cross_entropy(t_l, y, label_smoothing=mc.label_smoothing)
         t_uda, mask = uda_loss(t_uw, t_us, temperature=mc.uda_temperature, threshold=mc.uda_threshold)
@@ -142,9 +167,10 @@ def train_mpl(
 
         update = step >= mc.student_wait_steps
         with autocast(device):
-            h, s_loss = student_step_feedback(student, s_opt, x_l, y, x_us, y_hat, update=update)
+            h, s_loss = student_step_feedback(s_train, s_opt, x_l, y, x_us, y_hat, update=update)
         reward = 0.0
         if update:
+            h = average_feedback(h)
             s_sched.step()
             if ema is not None:
                 ema.update(student)
@@ -209,7 +235,10 @@ def train_mpl(
             skipped_samples=0,
             seed=cfg.seed,
             device=device,
+            world_size=distributed.world_size(),
         )
+        if not distributed.is_main():  # every rank evaluated (its share); rank 0 writes
+            return
         store.mark_stage(TEACHER_IT, "train", "running", role="mpl-teacher", model=mc.teacher_model)
         artifacts = store.save_model(TEACHER_IT, teacher.state_dict(), card)
         store.mark_stage(TEACHER_IT, "train", "done", artifacts=artifacts)
@@ -274,4 +303,5 @@ def finetune_student(
         progress_hooks=progress_hooks,
         evaluate_at_start=True,
         card_extra={"finetuned_from": STUDENT_IT, "val_accuracy_before_finetune": card["val_accuracy"]},
+        batch_field="mpl.finetune.batch_size",
     )

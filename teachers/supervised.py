@@ -4,6 +4,10 @@ This is iteration 0 of Noisy Student (Xie et al. 2020, Algorithm 1 step 1) and t
 baseline every semi-supervised result is compared with. Run it with
 
     selftrain teacher train --data data/digits --run-dir runs/demo
+    selftrain teacher train --data data/digits --run-dir runs/ddp --nproc-per-node 2   # torchrun
+
+Under torchrun each rank runs `train_teacher` with its share of every global batch (DDP averages
+the gradients, so the update is the one-process update on the whole batch).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from selftrain import distributed
 from selftrain.config import RunConfig, TrainConfig
 from selftrain.data.dataset_info import Dataset
 from selftrain.data.stream import SplitStream, make_loader
@@ -40,10 +45,21 @@ def supervised_step(
 
 
 def labeled_batches(
-    dataset: Dataset, cfg: RunConfig, train: TrainConfig, device: torch.device, seed: int, transform
+    dataset: Dataset,
+    cfg: RunConfig,
+    train: TrainConfig,
+    device: torch.device,
+    seed: int,
+    transform,
+    field: str = "batch_size",
 ):
-    """`start_step -> iterator of batches`: the endless, resumable labeled stream."""
+    """`start_step -> iterator of batches`: the endless, resumable labeled stream.
+
+    `train.batch_size` is global; each rank draws its share (`field` names it in the error when
+    the world size does not divide it). The stream position is global too: steps x global batch.
+    """
     streams: list[SplitStream] = []
+    per_rank = distributed.local_batch(train.batch_size, field)
 
     def batches(start_step: int) -> Iterator:
         stream = SplitStream(
@@ -57,9 +73,10 @@ def labeled_batches(
             shuffle_buffer=cfg.data.shuffle_buffer,
             verify_checksums=cfg.data.verify_checksums,
             skip_corrupt=cfg.data.skip_corrupt,
+            batch_size=per_rank,
         )
         streams.append(stream)
-        return iter(make_loader(stream, train.batch_size, cfg.data.num_workers, device))
+        return iter(make_loader(stream, per_rank, cfg.data.num_workers, device))
 
     return batches, streams
 
@@ -98,6 +115,7 @@ def train_teacher(
         seed=cfg.seed + iteration,
         desc=f"teacher iter {iteration}",
         progress_hooks=progress_hooks,
+        batch_field="teacher.batch_size",
     )
 
 
@@ -117,6 +135,7 @@ def train_supervised(
     progress_hooks: list[ProgressHook] | None = None,
     evaluate_at_start: bool = False,
     card_extra: dict | None = None,
+    batch_field: str = "batch_size",
 ) -> dict:
     """Supervised training of `model` on the labeled split, recorded as `iteration` of the run.
 
@@ -127,15 +146,16 @@ def train_supervised(
     optimizer = build_optimizer(model, train)
     scheduler = build_scheduler(optimizer, train)
     batches, streams = labeled_batches(
-        dataset, cfg, train, device, seed, train_transform(size, chans, train.augment)
+        dataset, cfg, train, device, seed, train_transform(size, chans, train.augment), batch_field
     )
+    trained = distributed.wrap(model, device)  # the bare `model` is what is evaluated and saved
     score, val_skipped = val_scorer(model, dataset, cfg, device, size)
     loop = TrainLoop(
         modules={"model": model},
         optimizers={"model": optimizer},
         schedulers={"model": scheduler},
         step_fn=lambda batch, step: supervised_step(
-            model, optimizer, scheduler, batch, label_smoothing=train.label_smoothing, device=device
+            trained, optimizer, scheduler, batch, label_smoothing=train.label_smoothing, device=device
         ),
         batches=batches,
         evaluate=score,

@@ -3,9 +3,15 @@
 Training streams are endless and resumable: epoch `e` visits the shards in an order seeded by
 (seed, e) and shuffles samples in a buffer seeded the same way, so the sample at any position is a
 function of the seed alone and a resumed run skips to where it stopped instead of starting over.
-Shards are split across ranks and DataLoader workers; when there are fewer shards than readers
-(a few labeled images in one shard), samples are split by position instead, so no reader idles and
-no sample is read twice within an epoch.
+
+Each epoch is split over readers (distributed ranks x DataLoader workers) by position in the
+concatenation of the shards in that epoch's order (`epoch_plan`): with at least as many shards as
+readers, reader s takes the contiguous positions [s*N/S, (s+1)*N/S), i.e. whole shards and at most
+two partial ones, so a reader opens only about 1/S of the shards; with fewer shards (a few labeled
+images in one shard), it takes every S-th position, so no reader idles. Either way the readers are
+disjoint, together cover the epoch exactly once, and hold N/S samples each, give or take one, so
+they stay in step across epochs. A shard is verified (count, sha256) by the reader that reads it to
+its end; a reader that stops inside a shard leaves that to the one that owns its tail.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
+from selftrain import distributed
 from selftrain.data.dataset_info import Dataset
 from selftrain.data.shards import SkipCounter, decode_sample, iter_shard
 from selftrain.errors import CorruptSampleError, SelftrainError
@@ -26,14 +33,67 @@ from selftrain.errors import CorruptSampleError, SelftrainError
 log = logging.getLogger("selftrain.data")
 
 
+def reader_info() -> tuple[int, int, int, int]:
+    """(rank, world size, DataLoader worker, DataLoader workers) of the calling reader."""
+    info = torch.utils.data.get_worker_info()
+    worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+    return distributed.rank(), distributed.world_size(), worker, workers
+
+
 def reader_slot() -> tuple[int, int]:
     """(this reader's index, number of readers) over distributed ranks x DataLoader workers."""
-    rank, world, worker, workers = wds.utils.pytorch_worker_info()
+    rank, world, worker, workers = reader_info()
     return rank * workers + worker, world * workers
 
 
+def epoch_plan(sizes: list[int], order: list[int], slot: int, slots: int) -> list[tuple[int, range]]:
+    """Reader `slot` of `slots`: (shard, in-shard positions) for each shard it reads, in `order`.
+
+    `sizes[i]` is shard i's samples per epoch. Contiguous ranges of the concatenation when there
+    are at least `slots` non-empty shards, every `slots`-th position otherwise (module docstring).
+    """
+    total = sum(sizes)
+    contiguous = sum(1 for i in order if sizes[i] > 0) >= slots
+    lo, hi = slot * total // slots, (slot + 1) * total // slots
+    plan: list[tuple[int, range]] = []
+    start = 0
+    for i in order:
+        n = sizes[i]
+        if contiguous:
+            mine = range(max(lo - start, 0), max(min(hi - start, n), 0))
+        else:
+            mine = range((slot - start) % slots, n, slots)
+        if len(mine):
+            plan.append((i, mine))
+        start += n
+    return plan
+
+
+def consumed_by_reader(
+    start_sample: int, batch_size: int | None, world: int, worker: int, workers: int
+) -> int:
+    """Samples one reader had delivered when the run had consumed `start_sample` samples in all.
+
+    `start_sample` is global (steps x global batch), so it does not depend on the world size. Each
+    rank takes `batch_size` per step, and its DataLoader takes batch k from worker k mod `workers`.
+    Without a batch size the readers are assumed to have delivered equal shares.
+    """
+    if batch_size is None:
+        return start_sample // (world * workers)
+    steps = start_sample // (batch_size * world)
+    batches = (steps - worker + workers - 1) // workers if steps > worker else 0
+    return batches * batch_size
+
+
 class SplitStream(IterableDataset):
-    """Yields `(image_tensor, label)` for labeled splits or `(image_tensor, key)` for unlabeled ones."""
+    """Yields `(image_tensor, label)` for labeled splits or `(image_tensor, key)` for unlabeled ones.
+
+    `start_sample` is the number of samples the whole run (all ranks) consumed before this stream
+    starts; `batch_size` is the per-rank batch the DataLoader draws, which makes a resume at the
+    same world size and worker count exact. After a change of either, the epoch in progress is
+    finished with the new split from the same fraction of each reader's share (a few samples of
+    that epoch may repeat or be missed); later epochs are exact.
+    """
 
     def __init__(
         self,
@@ -50,6 +110,7 @@ class SplitStream(IterableDataset):
         skip_corrupt: bool = False,
         with_keys: bool = False,
         shards: list[int] | None = None,
+        batch_size: int | None = None,
     ):
         super().__init__()
         self.dataset = dataset
@@ -65,23 +126,46 @@ class SplitStream(IterableDataset):
         self.verify = verify_checksums
         self.skip_corrupt = skip_corrupt
         self.with_keys = with_keys
+        self.batch_size = batch_size
         self.skipped = SkipCounter()  # distinct bad samples: counted in the first epoch read only
         self.epoch_size = sum(e.samples for e in self.entries)
+
+    def _shard_sizes(self) -> list[int]:
+        """Samples per shard in one epoch (subclasses that repeat samples count the repeats)."""
+        return [e.samples for e in self.entries]
+
+    def reader_share(self, slot: int, slots: int) -> int:
+        """Samples per epoch of reader `slot` of `slots` (the same in every epoch)."""
+        sizes = self._shard_sizes()
+        return sum(len(r) for _, r in epoch_plan(sizes, list(range(len(sizes))), slot, slots))
+
+    def check_split(self, workers: int) -> None:
+        """In the main process: refuse an endless stream that leaves some reader with nothing."""
+        world = distributed.world_size()
+        slots = world * max(workers, 1)
+        if self.repeat and self.epoch_size and min(self.reader_share(s, slots) for s in range(slots)) == 0:
+            raise SelftrainError(
+                f"{self.split_name}: {self.epoch_size} samples cannot feed {world} processes x "
+                f"{max(workers, 1)} DataLoader workers; lower distributed.nproc_per_node or data.num_workers"
+            )
 
     def _raw_epoch(self, epoch: int, slot: int, slots: int, counting: bool) -> Iterator[dict]:
         order = list(range(len(self.entries)))
         if self.shuffle:
             random.Random(f"shards-{self.seed}-{epoch}").shuffle(order)
-        by_shard = len(order) >= slots
-        mine = order[slot::slots] if by_shard else order
-
-        raw = chain.from_iterable(self._shard_samples(i, counting) for i in mine)
-        if not by_shard and slots > 1:
-            raw = (s for j, s in enumerate(raw) if j % slots == slot)
+        plan = epoch_plan(self._shard_sizes(), order, slot, slots)
+        raw = chain.from_iterable(self._read_positions(i, mine, counting) for i, mine in plan)
         if self.shuffle:
             rng = random.Random(f"samples-{self.seed}-{epoch}-{slot}")
             raw = wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), rng=rng)(raw)
         return raw
+
+    def _read_positions(self, i: int, mine: range, counting: bool) -> Iterator[dict]:
+        for j, raw in enumerate(self._shard_samples(i, counting)):
+            if j >= mine.stop:
+                break  # the rest belongs to another reader, which reads the shard to its end
+            if j in mine:
+                yield raw
 
     def _shard_samples(self, i: int, counting: bool) -> Iterator[dict]:
         """Raw samples of shard i; subclasses attach targets or repeat samples here, before shuffling."""
@@ -117,11 +201,13 @@ class SplitStream(IterableDataset):
         return self._output(self.transform(d.image), d, raw)
 
     def __iter__(self):
-        slot, slots = reader_slot()
-        if self.epoch_size == 0:
+        rank, world, worker, workers = reader_info()
+        slot, slots = rank * workers + worker, world * workers
+        share = self.reader_share(slot, slots) if self.epoch_size else 0
+        if share == 0:
             return
-        epoch, offset = divmod(self.start_sample, self.epoch_size) if self.repeat else (0, 0)
-        skip = offset // slots
+        consumed = consumed_by_reader(self.start_sample, self.batch_size, world, worker, workers)
+        epoch, skip = divmod(consumed, share) if self.repeat else (0, 0)
         first_epoch = epoch
         while True:
             produced = 0
@@ -139,6 +225,8 @@ class SplitStream(IterableDataset):
 
 
 def make_loader(stream: SplitStream, batch_size: int, num_workers: int, device: torch.device) -> DataLoader:
+    """`batch_size` is per rank (a global batch divided by the world size)."""
+    stream.check_split(num_workers)
     return DataLoader(
         stream,
         batch_size=batch_size,
