@@ -16,9 +16,11 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger, task, unmapped
+from prefect.context import FlowRunContext
 
 from flows.artifacts import ProgressArtifact, publish_iteration_summary, publish_run_report
 from flows.run_context import open_run, reopen
+from flows.task_runners import one_gpu_per_task, pseudolabel_task_runner, workers_report_to_this_api
 from pseudolabel.label_shards import label_shards
 from pseudolabel.selection import write_selection
 from selftrain.config import RunConfig
@@ -95,15 +97,26 @@ def shard_groups(num_shards: int, per_task: int) -> list[list[int]]:
     return [list(range(i, min(i + per_task, num_shards))) for i in range(0, num_shards, per_task)]
 
 
-def run_pseudolabel_stage(run_dir: str, cfg: RunConfig, teacher_iteration: int, num_shards: int) -> None:
-    """Fan out over shard groups, then fan in to the selection (once every shard is labeled)."""
-    groups = shard_groups(num_shards, cfg.pseudolabel.shards_per_task)
-    futures = pseudolabel_shards_task.map(
-        unmapped(run_dir), unmapped(cfg), unmapped(teacher_iteration), groups
-    )
+@flow(name="pseudolabel", validate_parameters=False)
+def label_shard_groups(
+    run_dir: str, cfg: RunConfig, teacher_iteration: int, groups: list[list[int]]
+) -> list[dict]:
+    """The fan-out as a subflow, so that its task runner (threads or Dask) is chosen per call."""
+    runner = FlowRunContext.get().task_runner
+    with one_gpu_per_task(runner, cfg):
+        futures = pseudolabel_shards_task.map(
+            unmapped(run_dir), unmapped(cfg), unmapped(teacher_iteration), groups
+        )
     futures.wait()
-    for f in futures:
-        f.result()  # re-raise the first failure with its message
+    return [outcome for f in futures for outcome in f.result()]  # re-raises the first failure
+
+
+def run_pseudolabel_stage(run_dir: str, cfg: RunConfig, teacher_iteration: int, num_shards: int) -> None:
+    """Fan out over shard groups on `cfg.pseudolabel.task_runner`, then fan in to the selection."""
+    groups = shard_groups(num_shards, cfg.pseudolabel.shards_per_task)
+    runner = pseudolabel_task_runner(cfg, len(groups))
+    with workers_report_to_this_api(runner):
+        label_shard_groups.with_options(task_runner=runner)(run_dir, cfg, teacher_iteration, groups)
     balance_task(run_dir, cfg, teacher_iteration)
 
 

@@ -217,6 +217,33 @@ class PseudoLabelConfig(_Strict):
     images_per_class: int | None = Field(
         None, ge=1, description="N kept per class after balancing; default: the median filtered class count."
     )
+    task_runner: Literal["threads", "dask"] = Field(
+        "threads",
+        description="Where the flows run the labeling tasks: threads of the flow process, or a Dask "
+        "cluster (a local one started for the stage, or dask_address).",
+    )
+    dask_address: str | None = Field(
+        None,
+        description="Scheduler of an existing Dask cluster (e.g. tcp://10.0.0.5:8786) for task_runner "
+        "dask; None starts a local cluster for the labeling stage and stops it after.",
+    )
+    dask_workers: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Worker processes of the local Dask cluster (at most one per shard group); None = "
+        "one per GPU where CUDA is used, else one per CPU core.",
+    )
+
+    @model_validator(mode="after")
+    def _dask_settings_need_dask(self) -> PseudoLabelConfig:
+        if self.task_runner != "dask":
+            for name in ("dask_address", "dask_workers"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} is used only with task_runner dask")
+        elif self.dask_address is not None and self.dask_workers is not None:
+            raise ValueError("dask_workers sizes a local cluster; an existing one (dask_address) has its own")
+        return self
 
 
 class DistributedConfig(_Strict):
