@@ -14,20 +14,26 @@ def _cfg(*overrides: str):
     return load_config(None, list(overrides))
 
 
+def _task_runners():
+    """`flows.task_runners`, imported before Prefect is: the `flows` package sets Prefect's logging
+    settings on import, and a Prefect imported first would make later tests' domain logs warn."""
+    from flows import task_runners
+
+    return task_runners
+
+
 def test_threads_by_default():
+    task_runners = _task_runners()
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from flows.task_runners import pseudolabel_task_runner
-
-    assert isinstance(pseudolabel_task_runner(_cfg(), 3), ThreadPoolTaskRunner)
+    assert isinstance(task_runners.pseudolabel_task_runner(_cfg(), 3), ThreadPoolTaskRunner)
 
 
 def test_an_address_connects_to_that_cluster():
+    task_runners = _task_runners()
     from prefect_dask import DaskTaskRunner
 
-    from flows.task_runners import pseudolabel_task_runner
-
-    runner = pseudolabel_task_runner(
+    runner = task_runners.pseudolabel_task_runner(
         _cfg("pseudolabel.task_runner=dask", "pseudolabel.dask_address=tcp://10.0.0.5:8786"), 3
     )
     assert isinstance(runner, DaskTaskRunner)
@@ -35,8 +41,7 @@ def test_an_address_connects_to_that_cluster():
 
 
 def test_local_cpu_cluster_splits_the_cores_and_never_outnumbers_the_tasks(monkeypatch):
-    from flows import task_runners
-
+    task_runners = _task_runners()
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     monkeypatch.setattr(task_runners, "local_gpus", lambda cfg: [])
     dask = "pseudolabel.task_runner=dask"
@@ -51,8 +56,7 @@ def test_local_cpu_cluster_splits_the_cores_and_never_outnumbers_the_tasks(monke
 def test_local_gpu_cluster_has_one_worker_per_visible_gpu(monkeypatch):
     import torch
 
-    from flows import task_runners
-
+    task_runners = _task_runners()
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
@@ -65,8 +69,7 @@ def test_local_gpu_cluster_has_one_worker_per_visible_gpu(monkeypatch):
 
 
 def test_gpu_workers_see_one_gpu_each_and_advertise_it():
-    from flows.task_runners import worker_specs
-
+    worker_specs = _task_runners().worker_specs
     specs = worker_specs(2, ["3", "5"], 8, logging.WARNING)
     options = [spec["options"] for spec in specs.values()]
     assert [o["env"]["CUDA_VISIBLE_DEVICES"] for o in options] == ["3", "5"]
