@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 
 from flows.artifacts import ProgressArtifact, publish_run_report
 from flows.noisy_student import evaluate_task, train_teacher_task
@@ -28,6 +28,10 @@ def mpl_train_task(run_dir: str, cfg: RunConfig) -> dict[str, Any]:
     if ctx.store.stage_state(STUDENT_IT, "train") == "done":
         return ctx.store.card(STUDENT_IT)
     hook = ProgressArtifact("Meta Pseudo Labels: teacher and student")
+    if cfg.distributed.nproc_per_node > 1:  # a torchrun subprocess; its lines go to this task's log
+        from selftrain.launch import launch_training
+
+        return launch_training("mpl", run_dir, cfg, on_line=get_run_logger().info, on_progress=hook)
     return train_mpl(ctx.store, ctx.dataset, ctx.cfg, ctx.device, progress_hooks=[hook])
 
 
@@ -37,6 +41,10 @@ def finetune_task(run_dir: str, cfg: RunConfig) -> dict[str, Any]:
     if ctx.store.stage_state(FINETUNED_IT, "train") == "done":
         return ctx.store.card(FINETUNED_IT)
     hook = ProgressArtifact("finetune of the MPL student on labeled data")
+    if cfg.distributed.nproc_per_node > 1:
+        from selftrain.launch import launch_training
+
+        return launch_training("finetune", run_dir, cfg, on_line=get_run_logger().info, on_progress=hook)
     return finetune_student(ctx.store, ctx.dataset, ctx.cfg, ctx.device, progress_hooks=[hook])
 
 

@@ -37,6 +37,10 @@ def train_teacher_task(run_dir: str, cfg: RunConfig) -> dict[str, Any]:
     if ctx.store.stage_state(0, "train") == "done":
         return ctx.store.card(0)
     hook = ProgressArtifact("teacher (iteration 0) training")
+    if cfg.distributed.nproc_per_node > 1:  # a torchrun subprocess; its lines go to this task's log
+        from selftrain.launch import launch_training
+
+        return launch_training("teacher", run_dir, cfg, on_line=get_run_logger().info, on_progress=hook)
     return train_teacher(ctx.store, ctx.dataset, ctx.cfg, ctx.device, progress_hooks=[hook])
 
 
@@ -62,6 +66,12 @@ def train_student_task(run_dir: str, cfg: RunConfig, iteration: int) -> dict[str
     if ctx.store.stage_state(iteration, "train") == "done":
         return ctx.store.card(iteration)
     hook = ProgressArtifact(f"student (iteration {iteration}) training")
+    if cfg.distributed.nproc_per_node > 1:  # a torchrun subprocess; its lines go to this task's log
+        from selftrain.launch import launch_training
+
+        return launch_training(
+            "student", run_dir, cfg, iteration=iteration, on_line=get_run_logger().info, on_progress=hook
+        )
     return train_student(ctx.store, ctx.dataset, ctx.cfg, ctx.device, iteration, progress_hooks=[hook])
 
 

@@ -8,7 +8,8 @@ Each epoch is split over readers (distributed ranks x DataLoader workers) by pos
 concatenation of the shards in that epoch's order (`epoch_plan`): with at least as many shards as
 readers, reader s takes the contiguous positions [s*N/S, (s+1)*N/S), i.e. whole shards and at most
 two partial ones, so a reader opens only about 1/S of the shards; with fewer shards (a few labeled
-images in one shard), it takes every S-th position, so no reader idles. Either way the readers are
+images in one shard), it takes every S-th position of a permutation drawn per epoch, so no reader
+idles and each sees another share every epoch. Either way the readers are
 disjoint, together cover the epoch exactly once, and hold N/S samples each, give or take one, so
 they stay in step across epochs. A shard is verified (count, sha256) by the reader that reads it to
 its end; a reader that stops inside a shard leaves that to the one that owns its tail.
@@ -18,7 +19,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Iterator
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
 from itertools import chain
 
 import torch
@@ -46,25 +48,37 @@ def reader_slot() -> tuple[int, int]:
     return rank * workers + worker, world * workers
 
 
-def epoch_plan(sizes: list[int], order: list[int], slot: int, slots: int) -> list[tuple[int, range]]:
-    """Reader `slot` of `slots`: (shard, in-shard positions) for each shard it reads, in `order`.
+def epoch_plan(
+    sizes: list[int], order: list[int], slot: int, slots: int, seed: str | None = None
+) -> list[tuple[int, Sequence[int], int]]:
+    """Reader `slot` of `slots`: (shard, in-shard positions, read up to) per shard it reads, in `order`.
 
-    `sizes[i]` is shard i's samples per epoch. Contiguous ranges of the concatenation when there
-    are at least `slots` non-empty shards, every `slots`-th position otherwise (module docstring).
+    `sizes[i]` is shard i's samples per epoch. With at least `slots` non-empty shards: contiguous
+    ranges of the concatenation. With fewer: every `slots`-th position of the concatenation after a
+    permutation seeded by `seed` (the same on every reader), so that a reader's share changes from
+    epoch to epoch: with one shard of 50 labeled images a fixed half per rank would show each
+    rank's BatchNorm the same 25 images forever. These readers read every shard to its end.
     """
     total = sum(sizes)
     contiguous = sum(1 for i in order if sizes[i] > 0) >= slots
     lo, hi = slot * total // slots, (slot + 1) * total // slots
-    plan: list[tuple[int, range]] = []
+    if not contiguous:
+        positions = list(range(total))
+        if seed is not None:
+            random.Random(seed).shuffle(positions)
+        owned = sorted(positions[slot::slots])
+    plan: list[tuple[int, Sequence[int], int]] = []
     start = 0
     for i in order:
         n = sizes[i]
         if contiguous:
-            mine = range(max(lo - start, 0), max(min(hi - start, n), 0))
+            first, stop = max(lo - start, 0), max(min(hi - start, n), 0)
+            mine: Sequence[int] = range(first, stop)
         else:
-            mine = range((slot - start) % slots, n, slots)
+            mine = [p - start for p in owned[bisect_left(owned, start) : bisect_left(owned, start + n)]]
+            stop = n
         if len(mine):
-            plan.append((i, mine))
+            plan.append((i, mine, stop))
         start += n
     return plan
 
@@ -137,7 +151,7 @@ class SplitStream(IterableDataset):
     def reader_share(self, slot: int, slots: int) -> int:
         """Samples per epoch of reader `slot` of `slots` (the same in every epoch)."""
         sizes = self._shard_sizes()
-        return sum(len(r) for _, r in epoch_plan(sizes, list(range(len(sizes))), slot, slots))
+        return sum(len(mine) for _, mine, _ in epoch_plan(sizes, list(range(len(sizes))), slot, slots))
 
     def check_split(self, workers: int) -> None:
         """In the main process: refuse an endless stream that leaves some reader with nothing."""
@@ -153,16 +167,24 @@ class SplitStream(IterableDataset):
         order = list(range(len(self.entries)))
         if self.shuffle:
             random.Random(f"shards-{self.seed}-{epoch}").shuffle(order)
-        plan = epoch_plan(self._shard_sizes(), order, slot, slots)
-        raw = chain.from_iterable(self._read_positions(i, mine, counting) for i, mine in plan)
+        plan = epoch_plan(
+            self._shard_sizes(),
+            order,
+            slot,
+            slots,
+            f"positions-{self.seed}-{epoch}" if self.shuffle else None,
+        )
+        raw = chain.from_iterable(self._read_positions(i, mine, stop, counting) for i, mine, stop in plan)
         if self.shuffle:
             rng = random.Random(f"samples-{self.seed}-{epoch}-{slot}")
             raw = wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), rng=rng)(raw)
         return raw
 
-    def _read_positions(self, i: int, mine: range, counting: bool) -> Iterator[dict]:
+    def _read_positions(self, i: int, mine: Sequence[int], stop: int, counting: bool) -> Iterator[dict]:
+        if not isinstance(mine, range):
+            mine = set(mine)
         for j, raw in enumerate(self._shard_samples(i, counting)):
-            if j >= mine.stop:
+            if j >= stop:
                 break  # the rest belongs to another reader, which reads the shard to its end
             if j in mine:
                 yield raw
@@ -202,6 +224,10 @@ class SplitStream(IterableDataset):
 
     def __iter__(self):
         rank, world, worker, workers = reader_info()
+        if self.repeat and self.batch_size:
+            # A resumed DataLoader asks worker 0 first; in the run it resumes, step T's batch came
+            # from worker T mod workers. Rotating the roles makes the resumed batches the same.
+            worker = (worker + self.start_sample // (self.batch_size * world)) % workers
         slot, slots = rank * workers + worker, world * workers
         share = self.reader_share(slot, slots) if self.epoch_size else 0
         if share == 0:
