@@ -87,6 +87,18 @@ def _pump(stream, lines: queue.Queue) -> None:
     lines.put(None)
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the launching process dies, even by SIGKILL.
+
+    The child has its own session (so Ctrl-C reaches only the launcher, which stops it in order);
+    without this, a killed flow process would leave torchrun training beside the resumed run.
+    torchrun handles the SIGTERM by stopping its ranks.
+    """
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 def stop_process_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
     """SIGTERM to the subprocess's whole group (torchrun forwards it too), SIGKILL after `grace_s`."""
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
@@ -129,6 +141,7 @@ def run_streaming(
         errors="replace",
         bufsize=1,
         start_new_session=True,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         env=env,
     )
     lines: queue.Queue = queue.Queue()

@@ -230,3 +230,29 @@ def test_run_streaming_stops_the_whole_process_group(stop, tmp_path):
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(child), "the grandchild survived"
+
+
+def test_a_killed_launcher_takes_its_subprocess_with_it(tmp_path):
+    """SIGKILL of the launching process (a flow killed hard) must not leave training running."""
+    import signal
+    import subprocess
+
+    pid_file = tmp_path / "child.pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
+    launcher = (
+        "import sys\n"
+        "from selftrain.launch import run_streaming\n"
+        f"run_streaming([sys.executable, '-c', {child!r}], print)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", launcher])
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid), "the training subprocess outlived its launcher"

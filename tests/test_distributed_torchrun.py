@@ -208,3 +208,34 @@ def test_two_ranks_reach_the_accuracy_of_one_with_the_same_global_batch(digits_m
         cards[1]["test_accuracy"],
         cards[2]["test_accuracy"],
     )
+
+
+@pytest.mark.gpu
+def test_nccl_ranks_train_on_one_gpu_each(digits_master, tmp_path):
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 CUDA GPUs")
+    run = tmp_path / "run"
+    args = ["teacher", "train", "--data", str(digits_master), "--run-dir", str(run), "--device", "cuda"]
+    for o in RESUME:
+        args += ["--set", o]
+    done = subprocess.run(
+        [*SELFTRAIN, *args, "--nproc-per-node", "2"], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    card = json.loads((run / "iter-000" / "model.json").read_text())
+    assert (card["world_size"], card["device"]) == (2, "cuda")
+
+
+@pytest.mark.gpu
+def test_more_ranks_than_gpus_is_refused(digits_master, tmp_path, capsys):
+    import torch
+
+    n = torch.cuda.device_count()
+    args = ["teacher", "train", "--data", str(digits_master), "--run-dir", str(tmp_path / "run")]
+    assert main([*args, "--device", "cuda", "--nproc-per-node", str(n + 1)]) == 2
+    assert (
+        f"error: distributed.nproc_per_node: {n + 1} processes but {n} GPU(s) visible"
+        in capsys.readouterr().err
+    )
