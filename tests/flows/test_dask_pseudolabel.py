@@ -82,8 +82,12 @@ def test_two_dask_workers_share_the_shards_and_write_the_same_sidecars(prefect_a
     assert runner.cluster_kwargs == {"n_workers": 2, "gpus": [], "torch_threads": threads}
 
     # The runner's own cluster, started here and reached by address (as an existing cluster would
-    # be), so that the test can ask each worker what it did.
-    with runner.cluster_class(**runner.cluster_kwargs) as cluster, Client(cluster) as client:
+    # be), so that the test can ask each worker what it did. The test's client must not be the
+    # default one: DaskTaskRunner takes a default client's cluster over its `address`.
+    with (
+        runner.cluster_class(**runner.cluster_kwargs) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
         flow = label_shard_groups.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
         outcomes = flow(str(store.root), cfg, 0, groups)
         executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
