@@ -14,9 +14,9 @@ workers. One thread per worker stands for one accelerator per worker, so the ide
 cores is 2.0. Clusters are started (and their workers import torch, timm, Prefect) before the
 clock starts; start-up is reported separately. Each measurement labels a fresh copy of the run;
 the two are alternated for `--rounds` rounds and the best of each is kept (other work on the
-machine only slows a run down). For context, also once: 1 worker with every core's thread (what
-`pseudolabel.dask_workers=1` gives) and Prefect's thread-pool runner (the default,
-`pseudolabel.task_runner=threads`).
+machine only slows a run down). For context, also once: Prefect's thread-pool runner (the
+default, `pseudolabel.task_runner=threads`: every task in a thread of the flow process, which
+uses all cores' torch threads).
 
 Training: the supervised teacher through `selftrain.launch.launch_training` (torchrun, gloo, the
 path of `--nproc-per-node`) with 1 and 2 ranks at the same global batch (teacher.batch_size, 64),
@@ -27,11 +27,13 @@ data, first step) is reported separately.
 
 `--json` keys: pseudolabel_speedup, train_speedup, pseudolabel_images_per_s_{1,2}_workers,
 pseudolabel_seconds_per_shard_{1,2}_workers (worker-seconds per 1,000-image shard: wall time x
-workers / shards), pseudolabel_images_per_shard, pseudolabel_all_cores_1_worker_images_per_s,
+workers / shards), pseudolabel_in_task_seconds_per_shard_{1,2}_workers (from a shard's first
+batch to its committed sidecar, inside the task), pseudolabel_images_per_shard,
 pseudolabel_threads_runner_images_per_s, pseudolabel_cluster_start_seconds_{1,2}_workers,
 train_samples_per_s_{1,2}_ranks, train_seconds_per_step_{1,2}_ranks, train_global_batch,
-train_startup_seconds_{1,2}_ranks, train_all_cores_1_rank_samples_per_s, cores,
-load_average_start, load_average_end.
+train_startup_seconds_{1,2}_ranks, train_all_cores_1_rank_samples_per_s, train_parameters,
+train_allreduce_seconds_2_ranks, cores, load_average_start, load_average_end, seconds (setup,
+pseudolabel, train: where the benchmark's own time went).
 """
 
 from __future__ import annotations
@@ -142,11 +144,6 @@ def measure_pseudolabel(root: Path, teacher_run: Path, rounds: int) -> dict:
             out["one"] = max(runs[1], key=lambda m: m["images_per_s"])
             out["two"] = max(runs[2], key=lambda m: m["images_per_s"])
             out["rounds"] = {w: [round(m["images_per_s"], 1) for m in ms] for w, ms in runs.items()}
-        cores = os.cpu_count() or 1
-        with started_cluster(1, cores) as (address, _):
-            out["all_cores"] = label_once(
-                teacher_run, data, root / "label-all", DaskTaskRunner(address=address)
-            )
         out["threads"] = label_once(teacher_run, data, root / "label-threads", ThreadPoolTaskRunner())
         return out
 
@@ -260,7 +257,7 @@ def measure_train(root: Path) -> dict:
 
 
 # -- report -----------------------------------------------------------------------------------
-def summarize(pl: dict, tr: dict, load: tuple[float, float]) -> dict:
+def summarize(pl: dict, tr: dict, load: tuple[float, float], seconds: dict[str, float]) -> dict:
     one, two = pl["one"], pl["two"]
     return {
         "pseudolabel_speedup": round(two["images_per_s"] / one["images_per_s"], 3),
@@ -272,7 +269,6 @@ def summarize(pl: dict, tr: dict, load: tuple[float, float]) -> dict:
         "pseudolabel_images_per_shard": PER_SHARD,
         "pseudolabel_in_task_seconds_per_shard_1_worker": round(one["in_task_per_shard"], 3),
         "pseudolabel_in_task_seconds_per_shard_2_workers": round(two["in_task_per_shard"], 3),
-        "pseudolabel_all_cores_1_worker_images_per_s": round(pl["all_cores"]["images_per_s"], 1),
         "pseudolabel_threads_runner_images_per_s": round(pl["threads"]["images_per_s"], 1),
         "pseudolabel_cluster_start_seconds_1_worker": round(pl["cluster_start_1"], 2),
         "pseudolabel_cluster_start_seconds_2_workers": round(pl["cluster_start_2"], 2),
@@ -290,6 +286,7 @@ def summarize(pl: dict, tr: dict, load: tuple[float, float]) -> dict:
         "cores": os.cpu_count(),
         "load_average_start": round(load[0], 2),
         "load_average_end": round(load[1], 2),
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
     }
 
 
@@ -304,9 +301,8 @@ def print_table(s: dict, rounds: int) -> None:
             f"{label:<34}{s[f'pseudolabel_images_per_s_{n}']:>10.0f}{s[f'pseudolabel_seconds_per_shard_{n}']:>9.2f}"
             f"{s[f'pseudolabel_in_task_seconds_per_shard_{n}']:>9.2f}{s[f'pseudolabel_cluster_start_seconds_{n}']:>9.1f}"
         )
-    all_cores = f"1 Dask worker, {s['cores']} threads"
-    print(f"{all_cores:<34}{s['pseudolabel_all_cores_1_worker_images_per_s']:>10.0f}")
-    print(f"{'thread-pool runner (default)':<34}{s['pseudolabel_threads_runner_images_per_s']:>10.0f}")
+    threads = f"thread-pool runner, {s['cores']} threads"
+    print(f"{threads:<34}{s['pseudolabel_threads_runner_images_per_s']:>10.0f}")
     print(f"pseudolabel_speedup (2 workers / 1): {s['pseudolabel_speedup']:.3f} (ideal 2.0)")
     print()
     print(
@@ -332,6 +328,7 @@ def print_table(s: dict, rounds: int) -> None:
         f"1-min load average {s['load_average_start']:.2f} at the start, {s['load_average_end']:.2f} at the end "
         f"({s['cores']} cores): above about 0.5 other work shares the cores and the numbers are noisy"
     )
+    print("benchmark time, s: " + ", ".join(f"{k} {v:.0f}" for k, v in s["seconds"].items()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,15 +351,20 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING)
     _quiet_loggers()
+    seconds: dict[str, float] = {}
     try:
+        started = time.perf_counter()
         teacher_run = train_digits_teacher(root)
         build_synthetic(root / "synthetic", SHARDS * PER_SHARD)
+        seconds["setup"] = time.perf_counter() - started
         pseudolabel = measure_pseudolabel(root, teacher_run, args.rounds)
+        seconds["pseudolabel"] = time.perf_counter() - started - seconds["setup"]
         train = measure_train(root)
+        seconds["train"] = time.perf_counter() - started - seconds["setup"] - seconds["pseudolabel"]
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    summary = summarize(pseudolabel, train, (load_before, os.getloadavg()[0]))
+    summary = summarize(pseudolabel, train, (load_before, os.getloadavg()[0]), seconds)
     if args.json:
         print(json.dumps(summary))
     else:

@@ -126,3 +126,33 @@ def test_noisy_student_stage_on_a_local_dask_cluster_matches_threads(prefect_api
     dask_files, thread_files = _files(on_dask), _files(on_threads)
     assert "selection.json" in dask_files
     assert dask_files == thread_files
+
+
+def test_on_a_cluster_with_gpu_workers_every_task_asks_for_a_gpu(prefect_api, teacher_run, tmp_path):
+    """Of two workers, only the one advertising `GPU` (here a fake one: CUDA_VISIBLE_DEVICES names
+    no device, so it computes on the CPU) may run labeling tasks once the cluster has GPUs."""
+    import logging
+
+    from distributed import Client, Scheduler, SpecCluster
+    from prefect_dask import DaskTaskRunner
+
+    from flows.noisy_student import label_shard_groups, shard_groups
+    from flows.task_runners import worker_specs
+
+    store = _copy(teacher_run, tmp_path / "gpu")
+    cfg = store.config().model_copy(update={"device": "auto"})  # a CPU-only run never asks for GPUs
+    workers = {
+        "with-gpu": worker_specs(1, ["no-such-gpu"], 1, logging.WARNING)["pseudolabel-0"],
+        "without": worker_specs(1, [], 1, logging.WARNING)["pseudolabel-0"],
+    }
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}}
+    groups = shard_groups(10, cfg.pseudolabel.shards_per_task)
+    with (
+        SpecCluster(workers=workers, scheduler=scheduler) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        flow = label_shard_groups.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
+        outcomes = flow(str(store.root), cfg, 0, groups)
+        executed = client.run(lambda dask_worker: (dask_worker.name, dask_worker.state.executed_count))
+    assert sorted(executed.values()) == [("with-gpu", len(groups)), ("without", 0)]
+    assert sum(o["samples"] for o in outcomes) == 1207
