@@ -7,13 +7,14 @@
 `pseudolabel.task_runner: threads` (the default) runs the labeling tasks in threads of the flow
 process, as Prefect's default runner does: no start-up cost, right for the digits demo. `dask`
 runs them on `prefect_dask.DaskTaskRunner`. Without `dask_address`, a local cluster of worker
-processes is started for the labeling stage and stopped after it (a few seconds): one worker per
+processes is started for the labeling stage and stopped after it (5-15 s on 2 cores): one worker per
 GPU, each seeing only its own GPU (`CUDA_VISIBLE_DEVICES`) and advertising the Dask resource
 `GPU=1`, or on a machine without GPU one per CPU core, each with `cores // workers` torch threads
 so that the workers together do not oversubscribe the cores. With `dask_address`, the tasks go to
 that cluster's scheduler; when its workers advertise a `GPU` resource (`dask worker ADDRESS
 --nthreads 1 --resources GPU=1`, one per GPU), every labeling task asks for one GPU
-(`dask.annotate(resources=...)`), so no two tasks share a GPU.
+(`dask.annotate(resources=...)`), so no two tasks share a GPU. Dask starts its workers with one
+OMP/MKL thread unless their environment says otherwise, which suits GPU workers.
 
 Everything a task receives must pickle: the flow passes the run directory as a `str` and the
 resolved `RunConfig`; each task reopens the run itself (`flows.run_context.reopen`).
