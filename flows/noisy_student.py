@@ -94,6 +94,7 @@ def evaluate_task(run_dir: str, cfg: RunConfig, iteration: int) -> dict[str, flo
     ctx.store.mark_stage(iteration, "evaluate", "done", **measured)
     write_accuracy_plot(ctx.store)
     publish_iteration_summary(ctx.store, iteration, {"re-measured from saved weights": measured})
+    publish_run_report(ctx.store, "noisy-student")  # the table and plot grow one row per iteration
     return measured
 
 
