@@ -82,6 +82,8 @@ def test_api_refuses_requests_without_credentials(server):
 def test_deployments_are_served_with_a_documented_parameter_form(server, serve):
     deployments = server.deployments()
     assert {"noisy-student/iter", "meta-pseudo-labels/train"} <= set(deployments)
+    automations = server.post("/automations/filter")
+    assert any(a["name"].startswith("selftrain: mark unresponsive") for a in automations)
     schema = deployments["noisy-student/iter"]["parameter_openapi_schema"]
     props = schema["properties"]
     assert {"run_dir", "data", "config", "iterations", "from_iteration"} <= set(props)
@@ -224,3 +226,9 @@ def test_killed_serve_process_then_a_new_run_finishes_the_iteration(server, serv
     assert not {"train-teacher", "pseudolabel-shards", "balance"} & set(tasks)
     card = json.loads((run_dir / "iter-003" / "model.json").read_text())
     assert card["resumed_from_step"] is not None and card["resumed_from_step"] >= 10
+
+    # The killed run does not stay "Running" in the UI: missed heartbeats mark it Crashed.
+    deadline = time.monotonic() + 240
+    while server.flow_run(killed_run)["state"]["type"] != "CRASHED":
+        assert time.monotonic() < deadline, f"killed run still {server.flow_run(killed_run)['state']}"
+        time.sleep(2)
