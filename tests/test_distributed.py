@@ -37,7 +37,8 @@ def test_epoch_plan_is_disjoint_covering_and_balanced(sizes, world, workers):
         shares = []
         for slot in range(slots):
             plan = epoch_plan(sizes, order, slot, slots, seed=f"epoch-{epoch}")
-            mine = [(shard, j) for shard, positions, _ in plan for j in positions]
+            mine = [(shard, j) for shard, positions in plan for j in positions]
+            assert all(list(positions) == sorted(positions) for _, positions in plan)
             assert all(0 <= j < sizes[shard] for shard, j in mine)
             shares.append(len(mine))
             seen += mine
@@ -49,18 +50,18 @@ def test_epoch_plan_is_disjoint_covering_and_balanced(sizes, world, workers):
 def test_epoch_plan_reads_few_shards_when_there_are_many():
     sizes = [100] * 16
     plans = [epoch_plan(sizes, list(range(16)), s, 4) for s in range(4)]
-    assert [[i for i, _, _ in p] for p in plans] == [
+    assert [[i for i, _ in p] for p in plans] == [
         [0, 1, 2, 3],
         [4, 5, 6, 7],
         [8, 9, 10, 11],
         [12, 13, 14, 15],
     ]
-    assert all(stop == 100 for p in plans for _, _, stop in p)  # whole shards, each verified by its reader
+    assert all(positions == range(100) for p in plans for _, positions in p)  # whole shards
 
 
 def test_epoch_plan_draws_another_share_each_epoch_when_shards_are_few():
     shares = [
-        {j for _, mine, _ in epoch_plan([50], [0], 0, 2, seed=f"epoch-{e}") for j in mine} for e in range(3)
+        {j for _, mine in epoch_plan([50], [0], 0, 2, seed=f"epoch-{e}") for j in mine} for e in range(3)
     ]
     assert all(len(s) == 25 for s in shares) and len({frozenset(s) for s in shares}) == 3
 

@@ -11,8 +11,8 @@ two partial ones, so a reader opens only about 1/S of the shards; with fewer sha
 images in one shard), it takes every S-th position of a permutation drawn per epoch, so no reader
 idles and each sees another share every epoch. Either way the readers are
 disjoint, together cover the epoch exactly once, and hold N/S samples each, give or take one, so
-they stay in step across epochs. A shard is verified (count, sha256) by the reader that reads it to
-its end; a reader that stops inside a shard leaves that to the one that owns its tail.
+they stay in step across epochs. A reader stops reading a shard after its last position in it, so
+each shard is verified (count, sha256) once per epoch, by the reader that owns its last sample.
 """
 
 from __future__ import annotations
@@ -50,14 +50,15 @@ def reader_slot() -> tuple[int, int]:
 
 def epoch_plan(
     sizes: list[int], order: list[int], slot: int, slots: int, seed: str | None = None
-) -> list[tuple[int, Sequence[int], int]]:
-    """Reader `slot` of `slots`: (shard, in-shard positions, read up to) per shard it reads, in `order`.
+) -> list[tuple[int, Sequence[int]]]:
+    """Reader `slot` of `slots`: (shard, its sorted in-shard positions) per shard it reads, in `order`.
 
     `sizes[i]` is shard i's samples per epoch. With at least `slots` non-empty shards: contiguous
     ranges of the concatenation. With fewer: every `slots`-th position of the concatenation after a
     permutation seeded by `seed` (the same on every reader), so that a reader's share changes from
     epoch to epoch: with one shard of 50 labeled images a fixed half per rank would show each
-    rank's BatchNorm the same 25 images forever. These readers read every shard to its end.
+    rank's BatchNorm the same 25 images forever. A reader reads a shard up to its last position, so
+    exactly one reader, the owner of the shard's last sample, reads it to the end and verifies it.
     """
     total = sum(sizes)
     contiguous = sum(1 for i in order if sizes[i] > 0) >= slots
@@ -67,18 +68,16 @@ def epoch_plan(
         if seed is not None:
             random.Random(seed).shuffle(positions)
         owned = sorted(positions[slot::slots])
-    plan: list[tuple[int, Sequence[int], int]] = []
+    plan: list[tuple[int, Sequence[int]]] = []
     start = 0
     for i in order:
         n = sizes[i]
         if contiguous:
-            first, stop = max(lo - start, 0), max(min(hi - start, n), 0)
-            mine: Sequence[int] = range(first, stop)
+            mine: Sequence[int] = range(max(lo - start, 0), max(min(hi - start, n), 0))
         else:
             mine = [p - start for p in owned[bisect_left(owned, start) : bisect_left(owned, start + n)]]
-            stop = n
         if len(mine):
-            plan.append((i, mine, stop))
+            plan.append((i, mine))
         start += n
     return plan
 
@@ -151,7 +150,7 @@ class SplitStream(IterableDataset):
     def reader_share(self, slot: int, slots: int) -> int:
         """Samples per epoch of reader `slot` of `slots` (the same in every epoch)."""
         sizes = self._shard_sizes()
-        return sum(len(mine) for _, mine, _ in epoch_plan(sizes, list(range(len(sizes))), slot, slots))
+        return sum(len(mine) for _, mine in epoch_plan(sizes, list(range(len(sizes))), slot, slots))
 
     def check_split(self, workers: int) -> None:
         """In the main process: refuse an endless stream that leaves some reader with nothing."""
@@ -174,19 +173,19 @@ class SplitStream(IterableDataset):
             slots,
             f"positions-{self.seed}-{epoch}" if self.shuffle else None,
         )
-        raw = chain.from_iterable(self._read_positions(i, mine, stop, counting) for i, mine, stop in plan)
+        raw = chain.from_iterable(self._read_positions(i, mine, counting) for i, mine in plan)
         if self.shuffle:
             rng = random.Random(f"samples-{self.seed}-{epoch}-{slot}")
             raw = wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), rng=rng)(raw)
         return raw
 
-    def _read_positions(self, i: int, mine: Sequence[int], stop: int, counting: bool) -> Iterator[dict]:
-        if not isinstance(mine, range):
-            mine = set(mine)
+    def _read_positions(self, i: int, mine: Sequence[int], counting: bool) -> Iterator[dict]:
+        stop = mine[-1] + 1
+        wanted = mine if isinstance(mine, range) else set(mine)
         for j, raw in enumerate(self._shard_samples(i, counting)):
             if j >= stop:
-                break  # the rest belongs to another reader, which reads the shard to its end
-            if j in mine:
+                break  # the rest belongs to other readers; the last sample's owner verifies the shard
+            if j in wanted:
                 yield raw
 
     def _shard_samples(self, i: int, counting: bool) -> Iterator[dict]:
