@@ -137,6 +137,8 @@ def test_checkpoint_of_two_ranks_resumes_with_one(digits_master, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # A shell that starts pytest in the background ignores SIGINT, and children inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     checkpoints = run / "iter-000" / "checkpoints"
     deadline = time.time() + 240
