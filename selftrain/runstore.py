@@ -32,7 +32,16 @@ CONFIG = "config.yaml"
 WEIGHTS = "model.safetensors"
 CARD = "model.json"
 # Settings that may change between a run and its resumption without changing the results' meaning.
-RUNTIME_KEYS = {"device", "data.num_workers", "data.skip_corrupt", "distributed.nproc_per_node"}
+# Where and how the work runs, not what it computes: a run may continue with other values.
+RUNTIME_KEYS = {
+    "device",
+    "data.num_workers",
+    "data.skip_corrupt",
+    "distributed.nproc_per_node",
+    "pseudolabel.task_runner",
+    "pseudolabel.dask_address",
+    "pseudolabel.dask_workers",
+}
 
 
 def _pid_alive(pid: int) -> bool:
@@ -114,6 +123,13 @@ class RunStore:
                         }
                     ),
                     "distributed": requested.distributed,
+                    "pseudolabel": saved.pseudolabel.model_copy(
+                        update={
+                            "task_runner": requested.pseudolabel.task_runner,
+                            "dask_address": requested.pseudolabel.dask_address,
+                            "dask_workers": requested.pseudolabel.dask_workers,
+                        }
+                    ),
                 }
             )
         return saved

@@ -129,3 +129,13 @@ def test_resuming_with_another_config_is_refused(digits_dir, tmp_path, capsys):
     assert "other values for teacher.lr" in error_line(capsys)
     assert train(digits_dir, tmp_path / "run", "--device", "cpu") == 0  # runtime settings may change
     assert "already trained; nothing to do" in capsys.readouterr().out
+
+
+def test_a_run_continues_on_another_task_runner(digits_dir, tmp_path):
+    """Where labeling runs (threads or a Dask cluster) does not change results, so it may change."""
+    assert train(digits_dir, tmp_path / "run") == 0
+    store = RunStore(tmp_path / "run")
+    extra = ["pseudolabel.task_runner=dask", "pseudolabel.dask_workers=2"]
+    cfg = store.open(digits_dir, None, [*QUICK_TEACHER, *extra])
+    assert (cfg.pseudolabel.task_runner, cfg.pseudolabel.dask_workers) == ("dask", 2)
+    assert store.config().pseudolabel.task_runner == "threads"  # the saved config is unchanged
