@@ -100,13 +100,16 @@ def test_killed_mpl_run_resumes_to_the_same_result(digits_master, tmp_path):
     for o in overrides:
         cmd += ["--set", o]
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Its own session, so the kill also takes the ephemeral Prefect server it started (no orphan).
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     target = run / "iter-002" / "checkpoints" / "step-00000008"
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline and not target.exists():
         time.sleep(0.05)
     assert proc.poll() is None, "MPL finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     state = json.loads(max((run / "iter-002" / "checkpoints").glob("step-*/state.json")).read_text())
     assert "baseline" in state["state"]["extra"]  # the reward baseline is checkpointed with the models
