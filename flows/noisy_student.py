@@ -20,7 +20,12 @@ from prefect.context import FlowRunContext
 
 from flows.artifacts import ProgressArtifact, publish_iteration_summary, publish_run_report
 from flows.run_context import open_run, reopen
-from flows.task_runners import one_gpu_per_task, pseudolabel_task_runner, workers_report_to_this_api
+from flows.task_runners import (
+    check_scheduler_reachable,
+    one_gpu_per_task,
+    pseudolabel_task_runner,
+    workers_report_to_this_api,
+)
 from pseudolabel.label_shards import label_shards
 from pseudolabel.selection import write_selection
 from selftrain.config import RunConfig
@@ -125,6 +130,8 @@ def label_shard_groups(
 def run_pseudolabel_stage(run_dir: str, cfg: RunConfig, teacher_iteration: int, num_shards: int) -> None:
     """Fan out over shard groups on `cfg.pseudolabel.task_runner`, then fan in to the selection."""
     groups = shard_groups(num_shards, cfg.pseudolabel.shards_per_task)
+    if cfg.pseudolabel.task_runner == "dask" and cfg.pseudolabel.dask_address:
+        check_scheduler_reachable(cfg.pseudolabel.dask_address)
     runner = pseudolabel_task_runner(cfg, len(groups))
     with workers_report_to_this_api(runner):
         label_shard_groups.with_options(task_runner=runner)(run_dir, cfg, teacher_iteration, groups)

@@ -25,12 +25,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from selftrain.config import RunConfig
+from selftrain.errors import SelftrainError
 
 GPU = "GPU"  # the Dask worker resource a labeling task asks one of
 
@@ -98,6 +101,24 @@ def local_cluster_size(cfg: RunConfig, tasks: int) -> tuple[int, list[str], int]
     wanted = cfg.pseudolabel.dask_workers or (len(gpus) if gpus else cores)
     workers = max(1, min(wanted, tasks, len(gpus) or wanted))  # more workers than tasks would idle
     return workers, gpus[:workers], max(1, cores // workers)
+
+
+def check_scheduler_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in one line, before any labeling, when nothing listens at `pseudolabel.dask_address`.
+
+    Dask would otherwise retry for its connect timeout and end in a long traceback mid-flow.
+    Only tcp:// addresses are checked; other schemes (tls://, ucx://) are left to Dask.
+    """
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme != "tcp" or parts.hostname is None:
+        return
+    try:
+        socket.create_connection((parts.hostname, parts.port or 8786), timeout=timeout_s).close()
+    except OSError as exc:
+        raise SelftrainError(
+            f"pseudolabel.dask_address: no Dask scheduler answers at {address} ({exc.strerror or exc}); "
+            "start one with `dask scheduler`, or unset it to use a local cluster"
+        ) from None
 
 
 def pseudolabel_task_runner(cfg: RunConfig, tasks: int) -> TaskRunner:

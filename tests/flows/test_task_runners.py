@@ -82,3 +82,20 @@ def test_gpu_workers_see_one_gpu_each_and_advertise_it():
     )
     with pytest.raises(ValueError, match="3 GPU workers asked for, 2 GPUs visible"):
         worker_specs(3, ["0", "1"], 4, logging.WARNING)
+
+
+def test_an_address_where_no_scheduler_listens_is_one_line_naming_the_field():
+    import socket
+
+    from selftrain.errors import SelftrainError
+
+    task_runners = _task_runners()
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(SelftrainError, match=r"^pseudolabel.dask_address: no Dask scheduler answers"):
+        task_runners.check_scheduler_reachable(f"tcp://127.0.0.1:{port}")
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        task_runners.check_scheduler_reachable(f"tcp://127.0.0.1:{listening.getsockname()[1]}")
