@@ -29,6 +29,8 @@ import gzip
 import io
 import json
 import tarfile
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +38,7 @@ from typing import Any, Literal
 import numpy as np
 
 from selftrain import atomic
+from selftrain.data.tar_reader import tar_files
 from selftrain.errors import SelftrainError
 
 FORMAT_VERSION = 1
@@ -219,30 +222,48 @@ class SidecarWriter:
         self.close()
 
 
+def _records(members: Iterator[tuple[str, bytes]]) -> tuple[list[str], np.ndarray | None]:
+    """Keys and records of a sidecar's `.label.npy` members, as one structured array.
+
+    Every member is the same `.npy` header followed by one record, so only the first is parsed
+    by `np.load` (never with pickle); the rest are checked against its header and sliced, which
+    makes reading a shard's labels a small fraction of reading its images.
+    """
+    keys: list[str] = []
+    bodies: list[bytes] = []
+    header, dtype = b"", None
+    for name, payload in members:
+        key, _, ext = Path(name).name.partition(".")
+        if ext != MEMBER_EXT:
+            continue
+        if dtype is None or not (payload.startswith(header) and len(payload) == len(header) + dtype.itemsize):
+            record = np.load(io.BytesIO(payload), allow_pickle=False)
+            if dtype is not None and record.dtype != dtype:
+                raise ValueError(f"{name}: record type differs from the first record's")
+            if dtype is None:
+                dtype, header = record.dtype, payload[: len(payload) - record.dtype.itemsize]
+            payload = header + record.tobytes()
+        bodies.append(payload[len(header) :])
+        keys.append(key)
+    if dtype is None:
+        return keys, None
+    return keys, np.frombuffer(b"".join(bodies), dtype=dtype)
+
+
 def read_sidecar(path: Path, num_classes: int, mode: LabelMode = "soft") -> ShardLabels:
     """Read a sidecar archive back into arrays (one shard's labels: small).
 
     The mode is read from the records; `mode` only shapes the result of an empty sidecar.
     """
-    keys: list[str] = []
-    records: list[np.ndarray] = []
     try:
-        with tarfile.open(path, mode="r:gz") as tar:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                key, _, ext = Path(info.name).name.partition(".")
-                if ext != MEMBER_EXT:
-                    continue
-                f = tar.extractfile(info)
-                assert f is not None
-                records.append(np.load(io.BytesIO(f.read()), allow_pickle=False))
-                keys.append(key)
-    except (OSError, tarfile.TarError, ValueError, EOFError) as exc:
+        with gzip.open(path, "rb") as gz:
+            data = gz.read()
+        keys, arr = _records(tar_files(io.BytesIO(data)))
+    except (OSError, ValueError, EOFError, zlib.error) as exc:
         raise SelftrainError(
             f"{path}: unreadable sidecar ({type(exc).__name__}); delete it and run `selftrain pseudolabel` again"
         ) from None
-    if not records:
+    if arr is None:
         width = num_classes if mode == "soft" else 0
         return ShardLabels(
             mode=mode,
@@ -253,7 +274,6 @@ def read_sidecar(path: Path, num_classes: int, mode: LabelMode = "soft") -> Shar
             prob=None if mode == "hard" else np.zeros((0, width), np.float16),
             idx=np.zeros((0, 0), np.int32) if mode == "topk" else None,
         )
-    arr = np.stack(records)
     names = arr.dtype.names or ()
     mode: LabelMode = "topk" if "idx" in names else "soft" if "prob" in names else "hard"
     return ShardLabels(
@@ -262,8 +282,8 @@ def read_sidecar(path: Path, num_classes: int, mode: LabelMode = "soft") -> Shar
         keys=keys,
         cls=arr["cls"].astype(np.int32),
         conf=arr["conf"].astype(np.float32),
-        prob=arr["prob"] if "prob" in names else None,
-        idx=arr["idx"] if "idx" in names else None,
+        prob=arr["prob"].copy() if "prob" in names else None,
+        idx=arr["idx"].copy() if "idx" in names else None,
     )
 
 

@@ -1,8 +1,8 @@
 """The student's input noise: RandAugment (Cubuk et al. 2020), as Noisy Student uses it.
 
-timm's RandAugment works on RGB PIL images (its fill colour is a 3-tuple), so grayscale images
-take a round trip through RGB; the ops are channel-wise or geometric, so nothing is lost.
-Dropout and stochastic depth, the model noise, are set when the student is built.
+timm's RandAugment works on PIL images; its fill colour (`img_mean`) must match the image mode,
+a 3-tuple for RGB and a single value for grayscale (a tuple there makes PIL fail). Dropout and
+stochastic depth, the model noise, are set when the student is built.
 """
 
 from __future__ import annotations
@@ -12,20 +12,22 @@ from timm.data import rand_augment_transform
 from torchvision.transforms import v2
 
 from selftrain.config import AugmentConfig
-from selftrain.transforms import to_tensor_ops, weak_augment_ops
+from selftrain.transforms import compose, to_tensor, weak_augment_ops
 
 
 class RandAugmentPIL:
-    """timm RandAugment for any PIL mode; a module-level class so DataLoader workers can pickle it."""
+    """timm RandAugment at a fixed magnitude (with timm's magnitude noise, std 0.5); picklable."""
 
-    def __init__(self, magnitude: int, num_ops: int, image_size: int):
-        hparams = {"translate_const": int(image_size * 0.45), "img_mean": (0, 0, 0)}
+    def __init__(self, magnitude: int, num_ops: int, image_size: int, channels: int = 3):
+        fill = 0 if channels == 1 else (0, 0, 0)
+        hparams = {"translate_const": int(image_size * 0.45), "img_mean": fill}
         self.ra = rand_augment_transform(f"rand-m{magnitude}-n{num_ops}-mstd0.5", hparams)
+        self.mode = "L" if channels == 1 else "RGB"
 
     def __call__(self, img: Image.Image) -> Image.Image:
-        if img.mode == "RGB":
-            return self.ra(img)
-        return self.ra(img.convert("RGB")).convert(img.mode)
+        if img.mode != self.mode:
+            img = img.convert(self.mode)
+        return self.ra(img)
 
 
 def noised_transform(
@@ -34,5 +36,5 @@ def noised_transform(
     """Resize, the weak affine augmentation, then RandAugment at the iteration's magnitude."""
     ops = weak_augment_ops(image_size, augment)
     if magnitude > 0:
-        ops.append(RandAugmentPIL(magnitude, num_ops, image_size))
-    return v2.Compose([*ops, *to_tensor_ops(channels)])
+        ops.append(RandAugmentPIL(magnitude, num_ops, image_size, channels))
+    return compose([*ops, to_tensor])

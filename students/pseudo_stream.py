@@ -18,6 +18,8 @@ from selftrain.data.dataset_info import Dataset
 from selftrain.data.stream import SplitStream
 from selftrain.errors import SelftrainError
 
+CACHE_BYTES = 256 << 20  # soft targets kept in memory per stream (per DataLoader worker)
+
 
 class PseudoLabeledStream(SplitStream):
     """Yields `(noised_image, soft_target)` endlessly, resumable like every training stream."""
@@ -32,6 +34,8 @@ class PseudoLabeledStream(SplitStream):
                 f"{self.pseudo_dir}: the selection keeps no image; lower pseudolabel.confidence_threshold"
             )
         self._sizes: list[int] | None = None
+        self._cache: dict[int, dict[str, torch.Tensor]] = {}
+        self._cached_bytes = 0
 
     def _labels(self, i: int):
         return read_sidecar(
@@ -46,16 +50,34 @@ class PseudoLabeledStream(SplitStream):
             ]
         return self._sizes
 
-    def _shard_samples(self, i: int, counting: bool) -> Iterator[dict]:
+    def _targets(self, i: int) -> dict[str, torch.Tensor]:
+        """Soft targets of shard i's selected images, read once per stream while they fit.
+
+        A small unlabeled set is read many epochs over, and parsing a sidecar costs about as much
+        per image as decoding the image; a large one is read about once, and caching it all
+        would hold every label in memory, so past `CACHE_BYTES` sidecars are re-read per epoch.
+        """
+        cached = self._cache.get(i)
+        if cached is not None:
+            return cached
         labels = self._labels(i)
-        if not any(self.copies.get(k, 0) for k in labels.keys):
+        dense = labels.dense()
+        targets = {k: torch.from_numpy(dense[j]) for j, k in enumerate(labels.keys) if self.copies.get(k, 0)}
+        size = len(targets) * dense.shape[1] * dense.itemsize
+        if self._cached_bytes + size <= CACHE_BYTES:
+            self._cache[i] = targets
+            self._cached_bytes += size
+        return targets
+
+    def _shard_samples(self, i: int, counting: bool) -> Iterator[dict]:
+        targets = self._targets(i)
+        if not targets:
             return  # nothing of this shard was selected: do not read its images
-        targets = dict(zip(labels.keys, torch.from_numpy(labels.dense()), strict=True))
         for raw in super()._shard_samples(i, counting):
-            n = self.copies.get(raw["__key__"], 0)
-            if n:
-                raw["__target__"] = targets[raw["__key__"]]
-                for _ in range(n):
+            target = targets.get(raw["__key__"])
+            if target is not None:
+                raw["__target__"] = target
+                for _ in range(self.copies[raw["__key__"]]):
                     yield raw
 
     def _output(self, x: torch.Tensor, decoded, raw: dict):

@@ -28,6 +28,18 @@ from selftrain.errors import CorruptSampleError, SelftrainError
 log = logging.getLogger("selftrain.data")
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm")
+_PIL_FORMATS = {
+    "png": "PNG",
+    "jpg": "JPEG",
+    "jpeg": "JPEG",
+    "webp": "WEBP",
+    "bmp": "BMP",
+    "gif": "GIF",
+    "tif": "TIFF",
+    "tiff": "TIFF",
+    "ppm": "PPM",
+    "pgm": "PPM",
+}
 
 
 def shard_name(split: str, index: int) -> str:
@@ -54,7 +66,10 @@ def write_split(
     def flush() -> None:
         name = shard_name(split, len(entries))
         with atomic.atomic_path(out_dir / name) as tmp:
-            with wds.TarWriter(str(tmp), encoder=False) as sink:
+            # An integer mtime: webdataset's default (time.time(), a float) makes tarfile add a
+            # PAX header to every member, which doubles the headers a reader parses, and makes
+            # the same data set differ byte for byte each time it is built.
+            with wds.TarWriter(str(tmp), encoder=False, mtime=0) as sink:
                 for s in batch:
                     record = {"__key__": s.key, s.ext: s.image}
                     if s.label is not None:
@@ -177,6 +192,23 @@ class DecodedSample:
     shard: str
 
 
+def _open_image(data: bytes, ext: str) -> Image.Image:
+    """Decode with the format the extension names first (PIL otherwise probes its plugins one by
+    one, which for a small PNG costs as much as decoding it), then let PIL guess: a member named
+    `.jpg` that holds a PNG still decodes."""
+    hint = _PIL_FORMATS.get(ext)
+    if hint is not None:
+        try:
+            image = Image.open(io.BytesIO(data), formats=(hint,))
+            image.load()
+            return image
+        except (UnidentifiedImageError, OSError, ValueError):
+            pass
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
 def decode_sample(raw: dict, *, channels: int, num_classes: int, labeled: bool) -> DecodedSample:
     """Bytes to a PIL image in the data set's mode, and the label checked against the classes."""
     url = raw.get("__url__", "?")
@@ -186,11 +218,12 @@ def decode_sample(raw: dict, *, channels: int, num_classes: int, labeled: bool) 
         members = ", ".join(sorted(k for k in raw if not k.startswith("__")))
         raise CorruptSampleError(f"{url}: sample {key} has no image member (has: {members or 'nothing'})")
     try:
-        image = Image.open(io.BytesIO(raw[ext]))
-        image.load()
+        image = _open_image(raw[ext], ext)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise CorruptSampleError(f"{url}: sample {key}.{ext} is not a readable image ({exc})") from None
-    image = image.convert("L" if channels == 1 else "RGB")
+    mode = "L" if channels == 1 else "RGB"
+    if image.mode != mode:
+        image = image.convert(mode)
     label = None
     if labeled:
         if "cls" not in raw:

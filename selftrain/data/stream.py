@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from selftrain import distributed
 from selftrain.data.dataset_info import Dataset
-from selftrain.data.shards import SkipCounter, decode_sample, iter_shard
+from selftrain.data.shards import SkipCounter, decode_sample
+from selftrain.data.tar_reader import iter_shard_fast
 from selftrain.errors import CorruptSampleError, SelftrainError
 
 log = logging.getLogger("selftrain.data")
@@ -191,7 +192,7 @@ class SplitStream(IterableDataset):
     def _shard_samples(self, i: int, counting: bool) -> Iterator[dict]:
         """Raw samples of shard i; subclasses attach targets or repeat samples here, before shuffling."""
         e = self.entries[i]
-        return iter_shard(
+        return iter_shard_fast(
             self.dataset.shard_path(e),
             e,
             verify=self.verify,

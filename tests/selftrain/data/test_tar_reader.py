@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pseudolabel.tar_reader import iter_shard_fast
+from selftrain.data.tar_reader import iter_shard_fast
 from selftrain.data.dataset_info import ShardEntry, load_dataset
 from selftrain.data.shards import SkipCounter, iter_shard
 from selftrain.errors import SelftrainError
@@ -26,8 +26,8 @@ def _error(reader, path: Path, entry: ShardEntry) -> str:
     return re.sub(r"\(\w+(Error)?\)", "(...)", str(info.value))  # exception class names differ
 
 
-def test_same_samples_on_real_shards(digits_shards: Path):
-    dataset = load_dataset(digits_shards)
+def test_same_samples_on_real_shards(digits_master: Path):
+    dataset = load_dataset(digits_master)
     for split in ("unlabeled", "labeled", "test"):
         for entry in dataset.split(split).shards:
             slow, fast = _both(dataset.shard_path(entry), entry)
@@ -69,8 +69,8 @@ def test_same_samples_on_tricky_archives(tmp_path: Path, fmt: int, compress: boo
     assert [s["__key__"] for s in fast] == ["a", long_key, "ünï"] and "cls" in fast[0]
 
 
-def test_same_errors_on_damaged_shards(tmp_path: Path, digits_shards: Path):
-    dataset = load_dataset(digits_shards)
+def test_same_errors_on_damaged_shards(tmp_path: Path, digits_master: Path):
+    dataset = load_dataset(digits_master)
     entry = dataset.split("unlabeled").shards[0]
     data = dataset.shard_path(entry).read_bytes()
     cases = {
@@ -89,8 +89,8 @@ def test_same_errors_on_damaged_shards(tmp_path: Path, digits_shards: Path):
     assert _error(iter_shard_fast, missing, entry) == _error(iter_shard, missing, entry)
 
 
-def test_skip_corrupt_counts_the_same(tmp_path: Path, digits_shards: Path):
-    dataset = load_dataset(digits_shards)
+def test_skip_corrupt_counts_the_same(tmp_path: Path, digits_master: Path):
+    dataset = load_dataset(digits_master)
     entry = dataset.split("unlabeled").shards[0]
     path = tmp_path / "t.tar"
     path.write_bytes(dataset.shard_path(entry).read_bytes()[:50_000])
