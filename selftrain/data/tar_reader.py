@@ -85,8 +85,8 @@ class _Reader:
         return data
 
 
-def _files(reader: _Reader) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of each regular file, in archive order."""
+def _files(reader: _Reader, strict: bool = False) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of each regular file, in archive order; `strict`: a bad header is an error."""
     long_name: str | None = None
     pax_size: int | None = None
     first = True
@@ -103,8 +103,8 @@ def _files(reader: _Reader) -> Iterator[tuple[str, bytes]]:
         except _Corrupt:
             valid = False
         if not valid:
-            if first:
-                raise _Corrupt("not a tar file")
+            if first or strict:
+                raise _Corrupt("not a tar file" if first else "bad tar header")
             return  # as tarfile: a bad header after the first ends the archive (the count check fails)
         first = False
         size = pax_size if pax_size is not None else _number(header[124:136])
@@ -140,9 +140,14 @@ def _files(reader: _Reader) -> Iterator[tuple[str, bytes]]:
 
 
 def tar_files(f) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of each regular file of the plain tar open as `f`; ValueError if it is damaged."""
+    """(name, bytes) of each regular file of the plain tar open as `f`; ValueError if it is damaged.
+
+    Strict: a bad header anywhere is an error, where shard reading (like tarfile) takes it as the
+    end of the archive and lets the sample count catch the loss. Archives read this way (sidecars)
+    have no count to check.
+    """
     try:
-        yield from _files(_Reader(f))
+        yield from _files(_Reader(f), strict=True)
     except _Corrupt as exc:
         raise ValueError(str(exc)) from None
 

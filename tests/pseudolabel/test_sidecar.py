@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -108,6 +109,22 @@ def test_unreadable_sidecar_is_a_clear_error(tmp_path: Path):
     path.write_bytes(b"not a gzip file")
     with pytest.raises(SelftrainError, match=r"bad\.labels\.tar\.gz: unreadable sidecar"):
         read_sidecar(path, C)
+
+
+def test_damaged_sidecars_are_clear_errors(tmp_path: Path):
+    good = tmp_path / "s.labels.tar.gz"
+    _write(good, "soft", n=50)
+    raw = gzip.decompress(good.read_bytes())
+    cases = {
+        "cut": good.read_bytes()[:-40],  # the gzip stream ends early
+        "garbage": gzip.compress(raw[:1024] + b"\x07" * 512 + raw[1536:], mtime=0),  # a bad tar header
+        "record": gzip.compress(raw[:512] + b"\x93NUMPY garbage" + raw[526:], mtime=0),  # a bad .npy
+    }
+    for name, data in cases.items():
+        path = tmp_path / f"{name}.labels.tar.gz"
+        path.write_bytes(data)
+        with pytest.raises(SelftrainError, match=rf"{name}\.labels\.tar\.gz: unreadable sidecar"):
+            read_sidecar(path, C)
 
 
 def test_names_follow_the_source_shard(tmp_path: Path):
