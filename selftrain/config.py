@@ -74,6 +74,15 @@ class TeacherConfig(TrainConfig):
     """The supervised teacher: iteration 0 of Noisy Student and the supervised baseline."""
 
     model: str = Field("resnet10t", description="timm model name (built with pretrained=False).")
+    randaugment_magnitude: int = Field(
+        5,
+        ge=0,
+        le=30,
+        description="RandAugment magnitude while the teacher trains (0 = weak augmentation only). "
+        "Training noise makes a stronger supervised baseline and better pseudo-labels; the teacher "
+        "labels un-noised either way.",
+    )
+    randaugment_ops: int = Field(2, ge=1, le=6, description="RandAugment operations per image.")
 
 
 class StudentConfig(TrainConfig):

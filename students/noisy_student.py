@@ -159,8 +159,14 @@ def prepare_student(
         log.info("initialised %d tensors from the teacher", _init_from(model, teacher_weights))
     model = prepare_model(model, device)
     trained = distributed.wrap(model, device)  # `model` (bare) is evaluated, averaged and saved
-    # Warm-up: early on the average follows the weights closely, so random init does not linger.
-    ema = ModelEmaV3(model, decay=sc.ema_decay, use_warmup=True) if sc.ema_decay > 0 else None
+    # From the teacher's weights the average starts from a good model and decays at a constant
+    # rate; from a random init, warm-up makes it follow the weights closely at first, so the
+    # random start does not linger (timm applies warm-up only when `update` is given the step).
+    ema = (
+        ModelEmaV3(model, decay=sc.ema_decay, use_warmup=not sc.init_from_teacher)
+        if sc.ema_decay > 0
+        else None
+    )
     optimizer = build_optimizer(model, sc)
     scheduler = build_scheduler(optimizer, sc)
 
@@ -212,7 +218,7 @@ def prepare_student(
             device=device,
         )
         if ema is not None:
-            ema.update(model)  # the bare module: its state_dict keys match the EMA copy's
+            ema.update(model, step=step + 1)  # the bare module: its keys match the EMA copy's
         return metrics
 
     return StudentSetup(

@@ -108,7 +108,8 @@ def train_mpl(
     teacher, student = prepare_model(teacher, device), prepare_model(student, device)
     # The bare modules are optimised, averaged, evaluated and saved; the wrappers train.
     t_train, s_train = distributed.wrap(teacher, device), distributed.wrap(student, device)
-    ema = ModelEmaV3(student, decay=mc.ema_decay, use_warmup=True) if mc.ema_decay > 0 else None
+    # A constant decay from the first update (timm's warm-up needs the step, which is not passed).
+    ema = ModelEmaV3(student, decay=mc.ema_decay, use_warmup=False) if mc.ema_decay > 0 else None
     t_opt = build_optimizer(teacher, _opt_config(mc.teacher_lr, mc.weight_decay, mc.warmup_steps, mc.steps))
     t_sched = build_scheduler(t_opt, _opt_config(mc.teacher_lr, mc.weight_decay, mc.warmup_steps, mc.steps))
     student_steps = mc.steps - mc.student_wait_steps

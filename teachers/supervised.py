@@ -28,6 +28,7 @@ from selftrain.optim import build_optimizer, build_scheduler
 from selftrain.runstore import RunStore
 from selftrain.stage import train_and_record, val_scorer
 from selftrain.transforms import train_transform
+from students.noise import noised_transform
 
 
 def supervised_step(
@@ -79,6 +80,14 @@ def labeled_batches(
         return iter(make_loader(stream, per_rank, cfg.data.num_workers, device))
 
     return batches, streams
+
+
+def supervised_transform(size: int, channels: int, train: TrainConfig):
+    """The weak augmentation, plus RandAugment where the config asks for it (the teacher's)."""
+    magnitude = getattr(train, "randaugment_magnitude", 0)
+    if magnitude:
+        return noised_transform(size, channels, train.augment, magnitude, train.randaugment_ops)
+    return train_transform(size, channels, train.augment)
 
 
 def train_teacher(
@@ -146,7 +155,7 @@ def train_supervised(
     optimizer = build_optimizer(model, train)
     scheduler = build_scheduler(optimizer, train)
     batches, streams = labeled_batches(
-        dataset, cfg, train, device, seed, train_transform(size, chans, train.augment), batch_field
+        dataset, cfg, train, device, seed, supervised_transform(size, chans, train), batch_field
     )
     trained = distributed.wrap(model, device)  # the bare `model` is what is evaluated and saved
     score, val_skipped = val_scorer(model, dataset, cfg, device, size)
