@@ -59,6 +59,9 @@ def input_size_for(model_name: str, default: int) -> int:
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch; 0 for an empty batch (ratio 0), where the mean would be NaN."""
+    if len(logits) == 0:
+        return logits.sum() * 0.0
     return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 

@@ -101,6 +101,25 @@ def test_step_returns_loss_parts_and_updates_ema():
     assert any(not torch.equal(a, b) for a, b in zip(before, ema.module.parameters(), strict=True))
 
 
+def test_ratio_zero_trains_on_labeled_data_alone():
+    """unlabeled_ratio 0 (an ablation): an empty pseudo-labeled batch adds nothing, not NaN."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    out = noisy_student_step(
+        model,
+        opt,
+        sched,
+        (torch.randn(2, 4), torch.tensor([0, 1])),
+        (torch.randn(0, 4), torch.zeros(0, 3)),
+        label_smoothing=0.0,
+        pseudo_weight=1.0,
+        device=torch.device("cpu"),
+    )
+    assert out["loss_pseudo"] == 0.0 and out["loss"] == pytest.approx(out["loss_labeled"])
+    assert out["pseudo_samples"] == 0 and all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_status_json_has_noisy_student_fields(run_copy, capsys):
     from selftrain.cli import main
 
