@@ -103,6 +103,12 @@ class ShardLabels:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def one_hot(self) -> np.ndarray:
+        """(n, C) float32 one-hot vectors of the argmax `cls` (hard targets from any mode)."""
+        out = np.zeros((len(self.keys), self.num_classes), dtype=np.float32)
+        out[np.arange(len(self.keys)), self.cls] = 1.0
+        return out
+
     def dense(self) -> np.ndarray:
         """(n, C) float32 targets: soft as stored, hard one-hot, topk's k entries renormalized.
 
@@ -113,10 +119,9 @@ class ShardLabels:
         if self.mode == "soft":
             assert self.prob is not None
             return self.prob.astype(np.float32)
-        out = np.zeros((n, c), dtype=np.float32)
         if self.mode == "hard":
-            out[np.arange(n), self.cls] = 1.0
-            return out
+            return self.one_hot()
+        out = np.zeros((n, c), dtype=np.float32)
         assert self.prob is not None and self.idx is not None
         p = self.prob.astype(np.float32)
         np.put_along_axis(out, self.idx.astype(np.int64), p / p.sum(1, keepdims=True).clip(min=1e-12), axis=1)

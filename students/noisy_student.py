@@ -5,7 +5,11 @@ selection of the previous model's soft labels (r = 14 in iteration 1 and 28 from
 the paper's schedule, `student.unlabeled_ratio` here), runs both through the *noised* student in
 one forward pass (so BatchNorm sees both, as in the reference implementation) and minimises
 
-    CE(labeled, label smoothing) + w * soft-CE(pseudo-labeled, teacher probabilities).
+    CE(labeled, label smoothing) + w * soft-CE(pseudo-labeled, teacher targets),
+
+the targets being one-hot vectors of the teacher's argmax (`student.pseudo_targets: hard`, the
+default, which measured better on digits: README, "Results") or the teacher's stored
+probabilities (`soft`). The sidecars hold the soft labels either way.
 
 Noise is on the student only: RandAugment on its inputs, dropout and stochastic depth in its body.
 The student must be equal to or larger than its teacher.
@@ -191,6 +195,7 @@ def prepare_student(
             noise,
             pseudo_dir=pseudo_dir(store, teacher_it),
             copies=copies,
+            hard=sc.pseudo_targets == "hard",
             seed=seed,
             start_sample=start_step * pseudo_batch,
             shuffle_buffer=cfg.data.shuffle_buffer,
@@ -298,6 +303,7 @@ def train_student(
             "drop_rate": sc.drop_rate,
             "drop_path_rate": sc.drop_path_rate,
             "ema_decay": sc.ema_decay,
+            "pseudo_targets": sc.pseudo_targets,
             # Of the teacher's labels on the whole unlabeled split; None where truth is unknown.
             "pseudo_label_accuracy": (accuracy.get("before_filter") or {}).get("accuracy"),
             "pseudo_label_accuracy_detail": accuracy or None,

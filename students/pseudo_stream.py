@@ -3,7 +3,8 @@
 Images are read from the original unlabeled shards (never copied) and each selected image is
 emitted as many times as the balanced selection says (Noisy Student's duplication of rare
 classes), before the shuffle buffer, so copies are spread out and each copy gets its own noise.
-Targets are the teacher's soft labels as dense probability vectors.
+Targets are dense vectors: the teacher's soft labels as stored, or (`hard`) one-hot vectors of the
+teacher's argmax; the sidecars hold the soft labels either way.
 """
 
 from __future__ import annotations
@@ -24,10 +25,20 @@ CACHE_BYTES = 256 << 20  # soft targets kept in memory per stream (per DataLoade
 class PseudoLabeledStream(SplitStream):
     """Yields `(noised_image, soft_target)` endlessly, resumable like every training stream."""
 
-    def __init__(self, dataset: Dataset, transform, *, pseudo_dir: Path, copies: dict[str, int], **kwargs):
+    def __init__(
+        self,
+        dataset: Dataset,
+        transform,
+        *,
+        pseudo_dir: Path,
+        copies: dict[str, int],
+        hard: bool = False,
+        **kwargs,
+    ):
         super().__init__(dataset, "unlabeled", transform, repeat=True, shuffle=True, **kwargs)
         self.pseudo_dir = Path(pseudo_dir)
         self.copies = copies
+        self.hard = hard
         self.epoch_size = sum(copies.values())
         if self.epoch_size == 0:
             raise SelftrainError(
@@ -61,7 +72,7 @@ class PseudoLabeledStream(SplitStream):
         if cached is not None:
             return cached
         labels = self._labels(i)
-        dense = labels.dense()
+        dense = labels.one_hot() if self.hard else labels.dense()
         targets = {k: torch.from_numpy(dense[j]) for j, k in enumerate(labels.keys) if self.copies.get(k, 0)}
         size = len(targets) * dense.shape[1] * dense.itemsize
         if self._cached_bytes + size <= CACHE_BYTES:

@@ -59,6 +59,30 @@ def test_pseudo_stream_repeats_images_as_the_selection_says(labeled_run):
     assert stream.epoch_size == sum(copies.values())
 
 
+def test_pseudo_targets_are_the_stored_soft_labels_or_one_hot_argmaxes(labeled_run):
+    from pseudolabel.sidecar import read_sidecar, sidecar_path
+
+    store = RunStore(labeled_run)
+    copies = {k: int(v) for k, v in read_selection(store, 0)["copies"].items()}
+    dataset = load_dataset(store.data_dir())
+    entry = dataset.split("unlabeled").shards[0]
+    labels = read_sidecar(sidecar_path(pseudo_dir(store, 0), entry.path), 10)
+    row = {k: j for j, k in enumerate(labels.keys)}
+    streams = {
+        hard: PseudoLabeledStream(
+            dataset, lambda img: img, pseudo_dir=pseudo_dir(store, 0), copies=copies, hard=hard
+        )
+        for hard in (False, True)
+    }
+    soft, hard = streams[False]._targets(0), streams[True]._targets(0)
+    assert set(soft) == set(hard) == {k for k in labels.keys if copies.get(k, 0)}
+    for key in soft:
+        j = row[key]
+        assert torch.equal(soft[key], torch.from_numpy(labels.prob[j].astype("float32")))
+        assert hard[key].argmax() == int(labels.cls[j]) and hard[key].sum() == 1 and hard[key].max() == 1
+    assert any(float(t.max()) < 1 for t in soft.values())  # the soft targets are not one-hot
+
+
 def test_noise_is_random_for_the_student_and_absent_for_teacher_inference():
     from PIL import Image
 
