@@ -35,6 +35,8 @@ from selftrain.errors import CorruptSampleError, SelftrainError
 
 log = logging.getLogger("selftrain.data")
 
+DECODE_CACHE_BYTES = 256 << 20  # decoded pixels an endless (training) stream keeps, per reader
+
 
 def reader_info() -> tuple[int, int, int, int]:
     """(rank, world size, DataLoader worker, DataLoader workers) of the calling reader."""
@@ -142,6 +144,8 @@ class SplitStream(IterableDataset):
         self.with_keys = with_keys
         self.batch_size = batch_size
         self.skipped = SkipCounter()  # distinct bad samples: counted in the first epoch read only
+        self._decode_cache: dict[tuple, object] = {}
+        self._cached_bytes = 0
         self.epoch_size = sum(e.samples for e in self.entries)
 
     def _shard_sizes(self) -> list[int]:
@@ -203,14 +207,33 @@ class SplitStream(IterableDataset):
     def _output(self, x: torch.Tensor, decoded, raw: dict):
         return (x, decoded.key) if self.with_keys else (x, decoded.label)
 
-    def _decode(self, raw: dict, counting: bool):
-        try:
+    def _decoded(self, raw: dict):
+        """The decoded sample, from the cache when this endless stream has decoded it before.
+
+        Small data sets are read for hundreds of epochs and decoding is a large share of the
+        per-image cost; the decoded images of a stream are kept up to `DECODE_CACHE_BYTES` (per
+        reader), so a split that fits is decoded once, and a large one is decoded every epoch as
+        before. Shards are still read and verified every epoch; only decoding is skipped.
+        """
+        cache_key = (raw.get("__url__"), raw.get("__key__")) if self.repeat else None
+        d = self._decode_cache.get(cache_key) if cache_key else None
+        if d is None:
             d = decode_sample(
                 raw,
                 channels=self.dataset.info.channels,
                 num_classes=self.dataset.info.num_classes,
                 labeled=self.split.labeled,
             )
+            if cache_key:
+                size = d.image.width * d.image.height * len(d.image.getbands())
+                if self._cached_bytes + size <= DECODE_CACHE_BYTES:
+                    self._decode_cache[cache_key] = d
+                    self._cached_bytes += size
+        return d
+
+    def _decode(self, raw: dict, counting: bool):
+        try:
+            d = self._decoded(raw)
         except CorruptSampleError as exc:
             if not self.skip_corrupt:
                 raise SelftrainError(
