@@ -21,10 +21,6 @@ def _stream(data: Path) -> SplitStream:
 
 
 def test_cached_epochs_yield_what_decoding_yields(digits_dir: Path, monkeypatch):
-    stream = _stream(digits_dir)
-    n = stream.epoch_size
-    cached = list(islice(stream, 3 * n))
-
     decodes = []
     real = shards.decode_sample
 
@@ -33,6 +29,12 @@ def test_cached_epochs_yield_what_decoding_yields(digits_dir: Path, monkeypatch)
         return real(*args, **kwargs)
 
     monkeypatch.setattr("selftrain.data.stream.decode_sample", counting)
+    stream = _stream(digits_dir)
+    n = stream.epoch_size
+    cached = list(islice(stream, 3 * n))
+    assert len(decodes) == n  # three epochs, each image decoded once
+
+    decodes.clear()
     monkeypatch.setattr("selftrain.data.stream.DECODE_CACHE_BYTES", 0)  # nothing fits: decode always
     uncached = list(islice(_stream(digits_dir), 3 * n))
     assert len(decodes) == 3 * n
