@@ -129,8 +129,8 @@ class StudentConfig(TrainConfig):
     pseudo_targets: Literal["hard", "soft"] = Field(
         "hard",
         description="What the student learns from the stored teacher labels: hard = one-hot of the "
-        "teacher's argmax, soft = the stored distribution. Noisy Student uses both (soft by default; "
-        "hard works as well for in-domain unlabeled data); on digits hard measured better.",
+        "teacher's argmax, soft = the stored distribution. Noisy Student allows both (soft in its main "
+        "experiments); on digits hard measured better.",
     )
 
     @model_validator(mode="after")
