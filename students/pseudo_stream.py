@@ -19,11 +19,11 @@ from selftrain.data.dataset_info import Dataset
 from selftrain.data.stream import SplitStream
 from selftrain.errors import SelftrainError
 
-CACHE_BYTES = 256 << 20  # soft targets kept in memory per stream (per DataLoader worker)
+CACHE_BYTES = 256 << 20  # targets kept in memory per stream (per DataLoader worker)
 
 
 class PseudoLabeledStream(SplitStream):
-    """Yields `(noised_image, soft_target)` endlessly, resumable like every training stream."""
+    """Yields `(noised_image, target)` endlessly, resumable like every training stream."""
 
     def __init__(
         self,
@@ -62,7 +62,7 @@ class PseudoLabeledStream(SplitStream):
         return self._sizes
 
     def _targets(self, i: int) -> dict[str, torch.Tensor]:
-        """Soft targets of shard i's selected images, read once per stream while they fit.
+        """Targets of shard i's selected images, read once per stream while they fit.
 
         A small unlabeled set is read many epochs over, and parsing a sidecar costs about as much
         per image as decoding the image; a large one is read about once, and caching it all
@@ -74,7 +74,7 @@ class PseudoLabeledStream(SplitStream):
         labels = self._labels(i)
         dense = labels.one_hot() if self.hard else labels.dense()
         targets = {k: torch.from_numpy(dense[j]) for j, k in enumerate(labels.keys) if self.copies.get(k, 0)}
-        size = len(targets) * dense.shape[1] * dense.itemsize
+        size = dense.nbytes  # the targets are views of `dense`: all of it stays in memory
         if self._cached_bytes + size <= CACHE_BYTES:
             self._cache[i] = targets
             self._cached_bytes += size
