@@ -20,7 +20,6 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms import v2
 
 from selftrain.config import AugmentConfig
 
@@ -117,11 +116,27 @@ class RandomHorizontalFlip:
         return image
 
 
-def compose(ops: list[Callable]) -> v2.Compose:
-    return v2.Compose(ops)
+class Compose:
+    """Apply `ops` in order: a plain callable (v2.Compose is an nn.Module, whose call machinery
+    costs a few microseconds per image), picklable for DataLoader workers."""
+
+    def __init__(self, ops: list[Callable]):
+        self.transforms = list(ops)
+
+    def __call__(self, image):
+        for op in self.transforms:
+            image = op(image)
+        return image
+
+    def __repr__(self) -> str:
+        return f"Compose({self.transforms!r})"
 
 
-def eval_transform(image_size: int, channels: int) -> v2.Compose:
+def compose(ops: list[Callable]) -> Compose:
+    return Compose(ops)
+
+
+def eval_transform(image_size: int, channels: int) -> Compose:
     """Deterministic: what the un-noised teacher and every evaluation see.
 
     `channels` is the data set's; decoding already converted every image to that mode, so the
@@ -130,7 +145,7 @@ def eval_transform(image_size: int, channels: int) -> v2.Compose:
     return compose([Resize(image_size), to_tensor])
 
 
-def train_transform(image_size: int, channels: int, augment: AugmentConfig) -> v2.Compose:
+def train_transform(image_size: int, channels: int, augment: AugmentConfig) -> Compose:
     """Weak augmentation for supervised training: resize, random affine, optional flip."""
     return compose([*weak_augment_ops(image_size, augment), to_tensor])
 

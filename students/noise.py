@@ -7,32 +7,41 @@ stochastic depth, the model noise, are set when the student is built.
 
 from __future__ import annotations
 
+import random
+
 from PIL import Image
 from timm.data import rand_augment_transform
-from torchvision.transforms import v2
 
 from selftrain.config import AugmentConfig
-from selftrain.transforms import compose, to_tensor, weak_augment_ops
+from selftrain.transforms import Compose, compose, to_tensor, weak_augment_ops
 
 
 class RandAugmentPIL:
-    """timm RandAugment at a fixed magnitude (with timm's magnitude noise, std 0.5); picklable."""
+    """timm RandAugment at a fixed magnitude (with timm's magnitude noise, std 0.5); picklable.
+
+    timm's ops, magnitudes and application probabilities; the `num_ops` ops are drawn uniformly
+    with replacement as timm's `RandAugment` draws them, but with Python's `random.choices`
+    instead of `np.random.choice`, which costs 7 us per image, a fifth of the whole RandAugment.
+    """
 
     def __init__(self, magnitude: int, num_ops: int, image_size: int, channels: int = 3):
         fill = 0 if channels == 1 else (0, 0, 0)
         hparams = {"translate_const": int(image_size * 0.45), "img_mean": fill}
-        self.ra = rand_augment_transform(f"rand-m{magnitude}-n{num_ops}-mstd0.5", hparams)
+        ra = rand_augment_transform(f"rand-m{magnitude}-n{num_ops}-mstd0.5", hparams)
+        self.ops, self.num_ops = list(ra.ops), ra.num_layers
         self.mode = "L" if channels == 1 else "RGB"
 
     def __call__(self, img: Image.Image) -> Image.Image:
         if img.mode != self.mode:
             img = img.convert(self.mode)
-        return self.ra(img)
+        for op in random.choices(self.ops, k=self.num_ops):
+            img = op(img)
+        return img
 
 
 def noised_transform(
     image_size: int, channels: int, augment: AugmentConfig, magnitude: int, num_ops: int
-) -> v2.Compose:
+) -> Compose:
     """Resize, the weak affine augmentation, then RandAugment at the iteration's magnitude."""
     ops = weak_augment_ops(image_size, augment)
     if magnitude > 0:
