@@ -27,7 +27,7 @@ from selftrain.data.dataset_info import Dataset, ShardEntry
 from selftrain.data.shards import SkipCounter, decode_sample
 from selftrain.data.tar_reader import iter_shard_fast
 from selftrain.errors import CorruptSampleError, SelftrainError
-from selftrain.transforms import Resize, compose, normalize, pil_to_uint8
+from selftrain.transforms import Compose, Resize, normalize, pil_to_uint8
 
 log = logging.getLogger("pseudolabel")
 
@@ -38,7 +38,7 @@ def split_eval_transform(image_size: int, channels: int) -> tuple[Callable, Call
     The split is before the conversion to float: what follows is elementwise, so applying it to a
     stacked batch gives the same numbers as applying it to each image (tested).
     """
-    return compose([Resize(image_size), pil_to_uint8]), normalize
+    return Compose([Resize(image_size), pil_to_uint8]), normalize
 
 
 def yield_cpu_to_the_model(worker_id: int) -> None:

@@ -3,8 +3,7 @@
 Images stay at their stored size in the shards; resizing to `data.image_size` happens here, so one
 data set serves models of several input resolutions (the student ladder grows the resolution).
 
-The ops work on PIL images and call PIL (through torchvision's functional kernels) directly.
-torchvision's v2 transform classes do the same pixel work but spend 20-50 us per image and op in
+The ops work on PIL images and call PIL directly. torchvision's v2 transform classes do the same pixel work but spend 20-50 us per image and op in
 their dispatch machinery; for the small images semi-supervised recipes start from that is more
 than the warp itself, and with 224 noised images per student step it costs as much as the model.
 Random parameters come from Python's `random` (restored with every checkpoint, seeded per
@@ -132,22 +131,18 @@ class Compose:
         return f"Compose({self.transforms!r})"
 
 
-def compose(ops: list[Callable]) -> Compose:
-    return Compose(ops)
-
-
 def eval_transform(image_size: int, channels: int) -> Compose:
     """Deterministic: what the un-noised teacher and every evaluation see.
 
     `channels` is the data set's; decoding already converted every image to that mode, so the
     ops need not know it (the argument keeps every transform builder's signature the same).
     """
-    return compose([Resize(image_size), to_tensor])
+    return Compose([Resize(image_size), to_tensor])
 
 
 def train_transform(image_size: int, channels: int, augment: AugmentConfig) -> Compose:
     """Weak augmentation for supervised training: resize, random affine, optional flip."""
-    return compose([*weak_augment_ops(image_size, augment), to_tensor])
+    return Compose([*weak_augment_ops(image_size, augment), to_tensor])
 
 
 def weak_augment_ops(image_size: int, augment: AugmentConfig) -> list[Callable]:

@@ -11,7 +11,7 @@ from PIL import Image
 from timm.data import rand_augment_transform
 
 from selftrain.config import AugmentConfig
-from selftrain.transforms import Compose, compose, to_tensor, weak_augment_ops
+from selftrain.transforms import Compose, to_tensor, weak_augment_ops
 
 
 class RandAugmentPIL:
@@ -36,4 +36,4 @@ def noised_transform(
     ops = weak_augment_ops(image_size, augment)
     if magnitude > 0:
         ops.append(RandAugmentPIL(magnitude, num_ops, image_size, channels))
-    return compose([*ops, to_tensor])
+    return Compose([*ops, to_tensor])

@@ -16,7 +16,7 @@ import torch
 
 from pseudolabel.sidecar import read_sidecar, sidecar_path
 from selftrain.data.dataset_info import Dataset
-from selftrain.data.stream import SplitStream
+from selftrain.data.stream import BudgetCache, SplitStream
 from selftrain.errors import SelftrainError
 
 CACHE_BYTES = 256 << 20  # targets kept in memory per stream (per DataLoader worker)
@@ -45,20 +45,12 @@ class PseudoLabeledStream(SplitStream):
                 f"{self.pseudo_dir}: the selection keeps no image; lower pseudolabel.confidence_threshold"
             )
         self._sizes: list[int] | None = None
-        self._cache: dict[int, dict[str, torch.Tensor]] = {}
-        self._cached_bytes = 0
-
-    def _labels(self, i: int):
-        return read_sidecar(
-            sidecar_path(self.pseudo_dir, Path(self.entries[i].path).name), self.dataset.info.num_classes
-        )
+        self._targets_by_shard = BudgetCache(CACHE_BYTES)
 
     def _shard_sizes(self) -> list[int]:
         """Copies per shard: the epoch is split over readers by position among the copies."""
         if self._sizes is None:
-            self._sizes = [
-                sum(self.copies.get(k, 0) for k in self._labels(i).keys) for i in range(len(self.entries))
-            ]
+            self._sizes = [sum(self.copies[k] for k in self._targets(i)) for i in range(len(self.entries))]
         return self._sizes
 
     def _targets(self, i: int) -> dict[str, torch.Tensor]:
@@ -68,16 +60,16 @@ class PseudoLabeledStream(SplitStream):
         per image as decoding the image; a large one is read about once, and caching it all
         would hold every label in memory, so past `CACHE_BYTES` sidecars are re-read per epoch.
         """
-        cached = self._cache.get(i)
+        cached = self._targets_by_shard.get(i)
         if cached is not None:
             return cached
-        labels = self._labels(i)
+        labels = read_sidecar(
+            sidecar_path(self.pseudo_dir, Path(self.entries[i].path).name), self.dataset.info.num_classes
+        )
         dense = labels.one_hot() if self.hard else labels.dense()
         targets = {k: torch.from_numpy(dense[j]) for j, k in enumerate(labels.keys) if self.copies.get(k, 0)}
-        size = dense.nbytes  # the targets are views of `dense`: all of it stays in memory
-        if self._cached_bytes + size <= CACHE_BYTES:
-            self._cache[i] = targets
-            self._cached_bytes += size
+        # The targets are views of `dense`: all of it stays in memory while they are cached.
+        self._targets_by_shard.put(i, targets, dense.nbytes)
         return targets
 
     def _shard_samples(self, i: int, counting: bool) -> Iterator[dict]:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from selftrain import distributed
-from selftrain.config import RunConfig, TrainConfig
+from selftrain.config import RunConfig, TeacherConfig, TrainConfig
 from selftrain.data.dataset_info import Dataset
 from selftrain.data.stream import SplitStream, make_loader
 from selftrain.device import autocast, prepare_model, seed_everything, to_device
@@ -84,9 +84,10 @@ def labeled_batches(
 
 def supervised_transform(size: int, channels: int, train: TrainConfig):
     """The weak augmentation, plus RandAugment where the config asks for it (the teacher's)."""
-    magnitude = getattr(train, "randaugment_magnitude", 0)
-    if magnitude:
-        return noised_transform(size, channels, train.augment, magnitude, train.randaugment_ops)
+    if isinstance(train, TeacherConfig) and train.randaugment_magnitude:
+        return noised_transform(
+            size, channels, train.augment, train.randaugment_magnitude, train.randaugment_ops
+        )
     return train_transform(size, channels, train.augment)
 
 

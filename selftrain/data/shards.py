@@ -27,8 +27,7 @@ from selftrain.errors import CorruptSampleError, SelftrainError
 
 log = logging.getLogger("selftrain.data")
 
-IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm")
-_PIL_FORMATS = {
+_PIL_FORMATS = {  # image extension -> the PIL format that decodes it, in lookup order
     "png": "PNG",
     "jpg": "JPEG",
     "jpeg": "JPEG",
@@ -40,6 +39,7 @@ _PIL_FORMATS = {
     "ppm": "PPM",
     "pgm": "PPM",
 }
+IMAGE_EXTS = tuple(_PIL_FORMATS)
 
 
 def shard_name(split: str, index: int) -> str:

@@ -38,6 +38,27 @@ log = logging.getLogger("selftrain.data")
 DECODE_CACHE_BYTES = 256 << 20  # decoded pixels an endless (training) stream keeps, per reader
 
 
+class BudgetCache:
+    """A dict that stops taking entries once their declared sizes reach `budget` bytes.
+
+    For what an endless stream reads again every epoch: a small split fits and is kept whole; a
+    large one fills the budget once and the rest is read again each time, as without a cache.
+    """
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.used = 0
+        self._items: dict = {}
+
+    def get(self, key):
+        return self._items.get(key)
+
+    def put(self, key, value, size: int) -> None:
+        if self.used + size <= self.budget:
+            self._items[key] = value
+            self.used += size
+
+
 def reader_info() -> tuple[int, int, int, int]:
     """(rank, world size, DataLoader worker, DataLoader workers) of the calling reader."""
     info = torch.utils.data.get_worker_info()
@@ -144,8 +165,7 @@ class SplitStream(IterableDataset):
         self.with_keys = with_keys
         self.batch_size = batch_size
         self.skipped = SkipCounter()  # distinct bad samples: counted in the first epoch read only
-        self._decode_cache: dict[tuple, object] = {}
-        self._cached_bytes = 0
+        self._decoded_images = BudgetCache(DECODE_CACHE_BYTES)
         self.epoch_size = sum(e.samples for e in self.entries)
 
     def _shard_sizes(self) -> list[int]:
@@ -216,7 +236,7 @@ class SplitStream(IterableDataset):
         before. Shards are still read and verified every epoch; only decoding is skipped.
         """
         cache_key = (raw.get("__url__"), raw.get("__key__")) if self.repeat else None
-        d = self._decode_cache.get(cache_key) if cache_key else None
+        d = self._decoded_images.get(cache_key) if cache_key else None
         if d is None:
             d = decode_sample(
                 raw,
@@ -226,9 +246,7 @@ class SplitStream(IterableDataset):
             )
             if cache_key:
                 size = d.image.width * d.image.height * len(d.image.getbands())
-                if self._cached_bytes + size <= DECODE_CACHE_BYTES:
-                    self._decode_cache[cache_key] = d
-                    self._cached_bytes += size
+                self._decoded_images.put(cache_key, d, size)
         return d
 
     def _decode(self, raw: dict, counting: bool):
