@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--seed", type=int, default=0)
     imp.add_argument("--samples-per-shard", type=int, default=1000)
     imp.add_argument("--skip-corrupt", action="store_true", help="skip files PIL cannot read")
+    imp.add_argument(
+        "--unlabeled-truth",
+        action="store_true",
+        help="--unlabeled is an ImageFolder tree whose class folders are for reports only "
+        "(pseudo-label accuracy per iteration); training never reads them",
+    )
 
     teacher = sub.add_parser("teacher", help="supervised teacher").add_subparsers(
         dest="action", required=True
@@ -176,6 +182,7 @@ def cmd_data(args: argparse.Namespace) -> None:
             seed=args.seed,
             samples_per_shard=args.samples_per_shard,
             skip_corrupt=args.skip_corrupt,
+            unlabeled_truth=args.unlabeled_truth,
         )
     sizes = ", ".join(f"{name} {split.total}" for name, split in info.splits.items())
     print(f"{args.out}: {info.num_classes} classes, {sizes} images")

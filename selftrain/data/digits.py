@@ -16,11 +16,10 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from selftrain import atomic
-from selftrain.data.dataset_info import INDEX_NAME, DatasetInfo, SplitInfo, save_dataset
+from selftrain.data.dataset_info import INDEX_NAME, TRUTH_NAME, DatasetInfo, SplitInfo, save_dataset
 from selftrain.data.shards import RawSample, write_split
 from selftrain.errors import SelftrainError
 
-TRUTH_NAME = "unlabeled_truth.json"
 
 
 def _png(pixels: np.ndarray) -> bytes:

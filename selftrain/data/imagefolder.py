@@ -16,7 +16,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from selftrain.data.dataset_info import INDEX_NAME, DatasetInfo, SplitInfo, save_dataset
+from selftrain import atomic
+from selftrain.data.dataset_info import (
+    INDEX_NAME,
+    MIN_VAL_FOR_SELECTION,
+    TRUTH_NAME,
+    DatasetInfo,
+    SplitInfo,
+    save_dataset,
+)
 from selftrain.data.shards import IMAGE_EXTS, RawSample, write_split
 from selftrain.errors import SelftrainError
 
@@ -82,6 +90,14 @@ class _Collector:
             yield RawSample(key=_key(root, path, i), image=data, ext=ext, label=label)
 
 
+def _recording_truth(stream, root: Path, items, truth_of: dict[Path, int], truth: dict[str, int]):
+    """Pass samples through unchanged, noting each one's report-only class by its key."""
+    label_of_key = {_key(root, path, i): truth_of[path] for i, (path, _) in enumerate(items)}
+    for sample in stream:
+        truth[sample.key] = label_of_key[sample.key]
+        yield sample
+
+
 def import_imagefolder(
     *,
     labeled: Path,
@@ -92,7 +108,15 @@ def import_imagefolder(
     seed: int = 0,
     samples_per_shard: int = 1000,
     skip_corrupt: bool = False,
+    unlabeled_truth: bool = False,
 ) -> DatasetInfo:
+    """Shards for labeled (minus a stratified val carve-out), val, test and unlabeled images.
+
+    With `unlabeled_truth`, --unlabeled is an ImageFolder tree whose class folders are known but
+    must not be trained on (a benchmark's hidden labels): they go to `unlabeled_truth.json`, which
+    only reports read (pseudo-label accuracy per iteration); the unlabeled shards stay label-free
+    and byte-identical to an import without the flag.
+    """
     out = Path(out)
     if (out / INDEX_NAME).exists():
         raise SelftrainError(
@@ -113,6 +137,21 @@ def import_imagefolder(
     labeled_items = [(p, c) for c, name in enumerate(classes) for p in _files(labeled / name)]
     test_items = [(p, classes.index(name)) for name in test_classes for p in _files(test / name)]
     unlabeled_items: list[tuple[Path, int | None]] = [(p, None) for p in _files(unlabeled)]
+    truth_of: dict[Path, int] = {}
+    if unlabeled_truth:
+        for name in _class_dirs(unlabeled, "--unlabeled"):
+            if name not in classes:
+                raise SelftrainError(
+                    f"--unlabeled {unlabeled / name}: class {name!r} is not in --labeled {labeled}; "
+                    "rename it, or drop --unlabeled-truth"
+                )
+            truth_of.update((p, classes.index(name)) for p in _files(unlabeled / name))
+        stray = [p for p, _ in unlabeled_items if p not in truth_of]
+        if stray:
+            raise SelftrainError(
+                f"--unlabeled {stray[0]}: with --unlabeled-truth every image must sit in a class "
+                "folder; move it into one, or drop the flag"
+            )
 
     # Stratified val carve-out: at least one image per class when the class has two or more.
     rng = np.random.default_rng(seed)
@@ -128,6 +167,7 @@ def import_imagefolder(
 
     out.mkdir(parents=True, exist_ok=True)
     collector = _Collector(skip_corrupt)
+    truth: dict[str, int] = {}
     splits: dict[str, SplitInfo] = {}
     for name, root, items in [
         ("labeled", labeled, train_items),
@@ -137,15 +177,32 @@ def import_imagefolder(
     ]:
         counts: Counter[str] = Counter()
         stream = collector.samples(root, items)
+        if name == "unlabeled" and unlabeled_truth:
+            stream = _recording_truth(stream, root, items, truth_of, truth)
         counted = (counts.update([classes[s.label]]) or s if s.label is not None else s for s in stream)
         shards = write_split(out, name, counted, samples_per_shard)
         splits[name] = SplitInfo(labeled=name != "unlabeled", shards=shards, counts=dict(counts))
 
     size = collector.sizes.most_common(1)[0][0] if collector.sizes else (0, 0)
+    if unlabeled_truth:
+        atomic.write_json(out / TRUTH_NAME, truth)
     info = DatasetInfo(
-        name=out.name, classes=classes, image_size=size, channels=3 if collector.color else 1, splits=splits
+        name=out.name,
+        classes=classes,
+        image_size=size,
+        channels=3 if collector.color else 1,
+        splits=splits,
+        unlabeled_truth=TRUTH_NAME if unlabeled_truth else None,
     )
     save_dataset(out, info)
     if collector.skipped:
         log.warning("skipped %d unreadable files (--skip-corrupt)", collector.skipped)
+    n_val = splits["val"].total
+    if n_val < MIN_VAL_FOR_SELECTION:
+        log.warning(
+            "val has %d images (under %d): too few to choose between checkpoints, so runs keep each "
+            "stage's last weights (selection: auto) and val accuracy is only indicative",
+            n_val,
+            MIN_VAL_FOR_SELECTION,
+        )
     return info

@@ -69,3 +69,49 @@ def test_unreadable_file_is_named_or_skipped(tree, tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "b"), "--skip-corrupt"]) == 0
     ds = load_dataset(tmp_path / "b")
     assert ds.split("labeled").total + ds.split("val").total == 12
+
+
+def _truth_tree(root):
+    """labeled/test/unlabeled, each with cat and dog folders of distinct coloured images."""
+    for split, n in (("train", 4), ("test", 2), ("unlabeled", 3)):
+        for c, name in enumerate(["cat", "dog"]):
+            d = root / split / name
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (12, 12), (c * 120, i * 40, 7)).save(d / f"{i}.png")
+    return root
+
+
+def _import(root, out, *extra):
+    return main(["data", "import", "--labeled", str(root / "train"), "--unlabeled", str(root / "unlabeled"),
+                 "--test", str(root / "test"), "--val-fraction", "0.25", "--out", str(out), *extra])
+
+
+def test_unlabeled_truth_is_report_only(tmp_path):
+    """The flag records the unlabeled class folders for reports; the shards training reads are the same."""
+    root = _truth_tree(tmp_path / "src")
+    assert _import(root, tmp_path / "plain") == 0
+    assert _import(root, tmp_path / "truth", "--unlabeled-truth") == 0
+    plain, truth = load_dataset(tmp_path / "plain"), load_dataset(tmp_path / "truth")
+    assert plain.unlabeled_truth() is None
+    labels = truth.unlabeled_truth()
+    assert len(labels) == 6 and sorted(labels.values()) == [0, 0, 0, 1, 1, 1]
+    for key, label in labels.items():
+        assert ("_cat_" in key) == (label == 0)
+    # Training reads shards only: byte-identical with and without the flag, and carrying no label.
+    for a, b in zip(plain.split("unlabeled").shards, truth.split("unlabeled").shards, strict=True):
+        assert a.sha256 == b.sha256
+        assert (plain.shard_path(a)).read_bytes() == (truth.shard_path(b)).read_bytes()
+        assert all("cls" not in raw for raw in iter_shard(truth.shard_path(b), b))
+
+
+def test_unlabeled_truth_rejects_unknown_class_and_loose_files(tmp_path, capsys):
+    root = _truth_tree(tmp_path / "src")
+    (root / "unlabeled" / "bird").mkdir()
+    Image.new("RGB", (12, 12)).save(root / "unlabeled" / "bird" / "0.png")
+    assert _import(root, tmp_path / "a", "--unlabeled-truth") == 2
+    assert "class 'bird' is not in --labeled" in capsys.readouterr().err
+    (root / "unlabeled" / "bird" / "0.png").rename(root / "unlabeled" / "loose.png")
+    (root / "unlabeled" / "bird").rmdir()
+    assert _import(root, tmp_path / "b", "--unlabeled-truth") == 2
+    assert "every image must sit in a class folder" in capsys.readouterr().err
