@@ -45,6 +45,13 @@ class AugmentConfig(_Strict):
     hflip: bool = Field(
         False, description="Random horizontal flip; off for digits, where it changes meaning."
     )
+    pad_crop: float = Field(
+        0.0,
+        ge=0,
+        le=0.5,
+        description="Pad each side by this fraction of the image side (reflected) and crop back at a "
+        "random position (the photo recipe's translation; 0.125 = 4 px at 32 px); 0 = off.",
+    )
 
 
 class TrainConfig(_Strict):
@@ -62,6 +69,12 @@ class TrainConfig(_Strict):
     eval_every: int = Field(50, ge=1, description="Steps between evaluations on the val split.")
     checkpoint_every: int = Field(100, ge=1, description="Steps between resumable checkpoints.")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    selection: Literal["auto", "best_val", "last"] = Field(
+        "auto",
+        description="Which weights the stage keeps: best_val = the evaluation with the best val accuracy, "
+        "last = the final weights; auto = best_val when the val split has at least 100 images, else "
+        "last (a few dozen val images cannot tell checkpoints apart; see docs/results.md).",
+    )
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainConfig:
@@ -211,6 +224,12 @@ class MPLConfig(_Strict):
         100, ge=1, description="Steps between checkpoints (both models, optimizers, baseline)."
     )
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    selection: Literal["auto", "best_val", "last"] = Field(
+        "auto",
+        description="Which student weights the joint stage keeps: best_val = the evaluation with the best val accuracy, "
+        "last = the final weights; auto = best_val when the val split has at least 100 images, else "
+        "last (a few dozen val images cannot tell checkpoints apart; see docs/results.md).",
+    )
 
 
 class PseudoLabelConfig(_Strict):
@@ -275,6 +294,11 @@ class DistributedConfig(_Strict):
 
 
 class RunConfig(_Strict):
+    recipe: Literal["digits", "photos"] = Field(
+        "digits",
+        description="The defaults this config was built on (selftrain/recipes.py): chosen from the data "
+        "set (colour images: photos, grayscale: digits) unless a config file or --set names one.",
+    )
     seed: int = Field(0, ge=0, description="Seeds Python, NumPy and torch; a CPU run is repeatable.")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto = CUDA when present (bf16 autocast, channels_last), else CPU."
@@ -345,9 +369,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, recipe: str | None = None
+) -> RunConfig:
+    """File values over the recipe's defaults (the one the file or --set names, else `recipe`)."""
+    from selftrain.recipes import with_recipe
+
     raw = read_yaml(path) if path else {}
-    raw = apply_overrides(raw, overrides or [])
+    raw = with_recipe(apply_overrides(raw, overrides or []), recipe)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:

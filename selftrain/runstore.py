@@ -89,8 +89,12 @@ class RunStore:
 
     def open(self, data_dir: Path, config_file: str | None, overrides: list[str]) -> RunConfig:
         """Create the run directory, or reopen it and check the config and data agree."""
+        from selftrain.data.dataset_info import load_dataset
+        from selftrain.recipes import recipe_for
+
         data_dir = Path(data_dir).resolve()
-        requested = load_config(config_file, overrides)
+        recipe = recipe_for(load_dataset(data_dir).info.channels)
+        requested = load_config(config_file, overrides, recipe=recipe)
         if not self.exists():
             self.root.mkdir(parents=True, exist_ok=True)
             atomic.write_text(self.config_path, config_to_yaml(requested))

@@ -115,6 +115,26 @@ class RandomHorizontalFlip:
         return image
 
 
+class RandomPadCrop:
+    """Reflect-pad by `pad` pixels and crop `size` at a random offset: the photo recipe's shift.
+
+    Padding by reflection keeps the borders photo-like (a zero border is a cue no test image has),
+    and the crop is a slice, so it costs far less than a warp. The image is resized to `size` first.
+    """
+
+    def __init__(self, size: int, pad_fraction: float):
+        self.size = size
+        self.pad = max(1, round(size * pad_fraction))
+        self._resize = Resize(size)
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        pixels = np.asarray(self._resize(image))
+        pad = ((self.pad, self.pad), (self.pad, self.pad)) + (((0, 0),) if pixels.ndim == 3 else ())
+        padded = np.pad(pixels, pad, mode="reflect")
+        x, y = random.randint(0, 2 * self.pad), random.randint(0, 2 * self.pad)
+        return Image.fromarray(np.ascontiguousarray(padded[y : y + self.size, x : x + self.size]))
+
+
 class Compose:
     """Apply `ops` in order: a plain callable (v2.Compose is an nn.Module, whose call machinery
     costs a few microseconds per image), picklable for DataLoader workers."""
@@ -146,7 +166,8 @@ def train_transform(image_size: int, channels: int, augment: AugmentConfig) -> C
 
 
 def weak_augment_ops(image_size: int, augment: AugmentConfig) -> list[Callable]:
-    """Resize with a random affine (one warp), or a plain resize when the affine is off; flip."""
+    """Resize with a random affine (one warp), or a plain resize when the affine is off; then a
+    reflect-pad random crop and a flip where the config asks for them (the photo recipe)."""
     if augment.rotate_degrees or augment.translate or augment.scale_min != 1 or augment.scale_max != 1:
         scale = (augment.scale_min, augment.scale_max)
         ops: list[Callable] = [
@@ -154,6 +175,8 @@ def weak_augment_ops(image_size: int, augment: AugmentConfig) -> list[Callable]:
         ]
     else:
         ops = [Resize(image_size)]
+    if augment.pad_crop:
+        ops.append(RandomPadCrop(image_size, augment.pad_crop))
     if augment.hflip:
         ops.append(RandomHorizontalFlip())
     return ops

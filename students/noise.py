@@ -1,7 +1,10 @@
 """The student's input noise: RandAugment (Cubuk et al. 2020), as Noisy Student uses it.
 
 timm's RandAugment works on PIL images; its fill colour (`img_mean`) must match the image mode,
-a 3-tuple for RGB and a single value for grayscale (a tuple there makes PIL fail). Dropout and
+a 3-tuple for RGB and a single value for grayscale (a tuple there makes PIL fail). Colour images
+are augmented in RGB, so RandAugment's colour ops (Color, Solarize, Posterize, Equalize, ...) act
+on all three channels, and the area a rotation or shear uncovers is filled with the mean colour of
+natural photos (timm's ImageNet mean) rather than black, a border no real photo has. Dropout and
 stochastic depth, the model noise, are set when the student is built.
 """
 
@@ -18,7 +21,7 @@ class RandAugmentPIL:
     """timm RandAugment at a fixed magnitude (with timm's magnitude noise, std 0.5); picklable."""
 
     def __init__(self, magnitude: int, num_ops: int, image_size: int, channels: int = 3):
-        fill = 0 if channels == 1 else (0, 0, 0)
+        fill = 0 if channels == 1 else (124, 116, 104)
         hparams = {"translate_const": int(image_size * 0.45), "img_mean": fill}
         self.ra = rand_augment_transform(f"rand-m{magnitude}-n{num_ops}-mstd0.5", hparams)
         self.mode = "L" if channels == 1 else "RGB"

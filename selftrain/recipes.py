@@ -1,0 +1,66 @@
+"""Recipes: the defaults a run starts from, chosen from the data set unless the user names one.
+
+A recipe is a set of config values tuned for a kind of image. Digits-like grayscale symbols must
+not be flipped (a mirrored 2 is no digit) and need rotation and zoom; colour photos want the
+opposite: horizontal flips, reflect-padded random crops, colour RandAugment, and students that grow
+(Noisy Student's student is equal or larger, Xie et al. 2020, section 2). Choosing the recipe from
+the data set means a user who imports photos gets the photo recipe without writing a config.
+
+Precedence: recipe defaults < the `--config` file < `--set` overrides. The recipe's name is saved
+in `RUN/config.yaml` with every value it set; `configs/<recipe>.yaml` is each recipe written out
+in full (a test keeps them equal).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+Recipe = Literal["digits", "photos"]
+
+# The class defaults in selftrain/config.py are the digits recipe.
+_DIGITS: dict[str, Any] = {}
+
+_PHOTO_AUGMENT = {
+    "rotate_degrees": 0.0,
+    "translate": 0.0,
+    "scale_min": 1.0,
+    "scale_max": 1.0,
+    "hflip": True,
+    "pad_crop": 0.125,
+}
+
+_PHOTOS: dict[str, Any] = {
+    "teacher": {"augment": _PHOTO_AUGMENT},
+    "student": {
+        "augment": _PHOTO_AUGMENT,
+        "models": ["resnet18", "resnet26", "resnet34"],
+    },
+    "mpl": {"finetune": {"augment": _PHOTO_AUGMENT}},
+}
+
+RECIPES: dict[str, dict[str, Any]] = {"digits": _DIGITS, "photos": _PHOTOS}
+
+
+def recipe_for(channels: int) -> Recipe:
+    """Colour images get the photo recipe; grayscale ones (symbols, scans) the digits recipe."""
+    return "photos" if channels == 3 else "digits"
+
+
+def with_recipe(raw: dict[str, Any], default: str | None) -> dict[str, Any]:
+    """`raw` (file + overrides) laid over the recipe it names, else `default`, else digits."""
+    name = raw.get("recipe") or default or "digits"
+    if name not in RECIPES:
+        return raw  # validation names the field and the allowed values
+    merged = _deep_merge(copy.deepcopy(RECIPES[name]), raw)
+    merged["recipe"] = name
+    return merged
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = _deep_merge(base[key], value)
+        else:
+            base[key] = value
+    return base

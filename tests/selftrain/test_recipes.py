@@ -1,0 +1,119 @@
+"""The recipe a run starts from is chosen from its data set, saved, overridable, and shipped."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from selftrain.cli import main
+from selftrain.config import RunConfig, load_config
+from selftrain.models import build_model, count_parameters
+from selftrain.runstore import RunStore
+from selftrain.transforms import RandomPadCrop
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    """A tiny colour ImageFolder data set, imported as a user would."""
+    src = tmp_path / "src"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 5), ("test", 2), ("unlabeled", 4)):
+        for name in ("cat", "dog"):
+            (src / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
+                    src / split / name / f"{i}.png"
+                )
+    out = tmp_path / "photos"
+    assert (
+        main(
+            [
+                "data",
+                "import",
+                "--labeled",
+                str(src / "train"),
+                "--unlabeled",
+                str(src / "unlabeled"),
+                "--test",
+                str(src / "test"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    return out
+
+
+def test_colour_data_gets_the_photo_recipe_and_saves_it(photos, tmp_path):
+    store = RunStore(tmp_path / "run")
+    cfg = store.open(photos, None, [])
+    assert cfg.recipe == "photos"
+    assert cfg.teacher.augment.hflip and cfg.teacher.augment.pad_crop > 0
+    assert cfg.teacher.augment.rotate_degrees == 0
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["recipe"] == "photos" and saved["teacher"]["augment"]["hflip"] is True
+    assert store.config() == cfg  # resuming reads the same values back
+
+
+def test_grayscale_data_keeps_the_digits_recipe(digits_master, tmp_path):
+    cfg = RunStore(tmp_path / "run").open(digits_master, None, [])
+    assert cfg.recipe == "digits" and cfg == RunConfig()
+    assert not cfg.teacher.augment.hflip
+
+
+def test_recipe_is_overridable(photos, tmp_path):
+    cfg = RunStore(tmp_path / "a").open(photos, None, ["recipe=digits"])
+    assert cfg.recipe == "digits" and not cfg.teacher.augment.hflip
+    cfg = RunStore(tmp_path / "b").open(photos, None, ["teacher.augment.hflip=false"])
+    assert cfg.recipe == "photos" and not cfg.teacher.augment.hflip and cfg.teacher.augment.pad_crop > 0
+    # A config file without `recipe:` is laid over the data set's recipe; one naming it wins.
+    partial = tmp_path / "partial.yaml"
+    partial.write_text("teacher:\n  steps: 123\n")
+    cfg = RunStore(tmp_path / "c").open(photos, str(partial), [])
+    assert cfg.recipe == "photos" and cfg.teacher.steps == 123 and cfg.teacher.augment.hflip
+    cfg = RunStore(tmp_path / "d").open(photos, str(ROOT / "configs" / "digits.yaml"), [])
+    assert cfg.recipe == "digits"
+
+
+def test_unknown_recipe_is_one_line(tmp_path):
+    from selftrain.errors import SelftrainError
+
+    with pytest.raises(SelftrainError, match="recipe: Input should be 'digits' or 'photos'"):
+        load_config(None, ["recipe=sketches"])
+
+
+@pytest.mark.parametrize("name", ["digits", "photos"])
+def test_shipped_config_file_is_the_recipe(name):
+    """configs/<recipe>.yaml documents each recipe in full; it must not drift from the code."""
+    assert load_config(ROOT / "configs" / f"{name}.yaml") == load_config(None, recipe=name)
+
+
+def test_photo_students_grow():
+    """Noisy Student's student is equal or larger than its teacher, iteration after iteration."""
+    cfg = load_config(None, recipe="photos")
+    names = [cfg.teacher.model, *(cfg.student.for_iteration(cfg.student.models, k) for k in (1, 2, 3))]
+    params = [count_parameters(build_model(n, num_classes=10, in_chans=3)) for n in names]
+    assert all(b >= a for a, b in itertools.pairwise(params)), dict(zip(names, params, strict=True))
+    assert params[-1] > params[0]
+
+
+def test_pad_crop_shifts_within_the_padding():
+    image = Image.fromarray(np.arange(32 * 32 * 3, dtype=np.uint8).reshape(32, 32, 3) % 251)
+    crop = RandomPadCrop(32, 0.125)
+    random.seed(0)
+    outs = [np.asarray(crop(image)) for _ in range(20)]
+    assert all(o.shape == (32, 32, 3) for o in outs)
+    src = np.asarray(image)
+    padded = np.pad(src, ((4, 4), (4, 4), (0, 0)), mode="reflect")
+    for o in outs:  # every output is some 32x32 window of the reflect-padded image
+        assert any(np.array_equal(o, padded[y : y + 32, x : x + 32]) for y in range(9) for x in range(9))
+    assert len({o.tobytes() for o in outs}) > 5
