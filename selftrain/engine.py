@@ -70,6 +70,9 @@ class TrainLoop:
     set_extra_state: Callable[[dict[str, Any]], None] | None = None
     # Score the starting weights first, so the result is never worse on val than the start (finetuning).
     evaluate_at_start: bool = False
+    # False: the final weights are the result (val too small to choose; `stage.keeps_best`). Val is
+    # still evaluated every `eval_every` steps for the curves.
+    keep_best: bool = True
 
     def _resume(self) -> tuple[int, dict[str, Any], dict[str, torch.Tensor]] | None:
         for path in reversed(list_checkpoints(self.checkpoint_dir)):
@@ -175,7 +178,7 @@ class TrainLoop:
                     row = {"step": done, **{k: v / since for k, v in running.items()}, "val_accuracy": score}
                     history.append(row)
                     running, since = {}, 0
-                    if score >= best_score:
+                    if score >= best_score or not self.keep_best:
                         best_score, best_step = score, done
                         best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
                     bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{score:.3f}", best=f"{best_score:.3f}")

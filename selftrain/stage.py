@@ -19,7 +19,7 @@ import torch
 
 from selftrain import distributed
 from selftrain.config import RunConfig
-from selftrain.data.dataset_info import Dataset
+from selftrain.data.dataset_info import MIN_VAL_FOR_SELECTION, Dataset
 from selftrain.data.stream import SplitStream, make_loader
 from selftrain.engine import TrainLoop
 from selftrain.evaluate import EvalResult, evaluate
@@ -54,6 +54,35 @@ def evaluate_split(
     loader = make_loader(stream, 256, cfg.data.num_workers, device)
     result = evaluate(model, loader, dataset.info.num_classes, device)
     return result, distributed.sum_int(stream.skipped.count)
+
+
+def keeps_best(selection: str, dataset: Dataset, field: str) -> bool:
+    """Whether a stage keeps its best-on-val weights (True) or its final ones; warns on a small val."""
+    n_val = dataset.split("val").total
+    if selection == "best_val":
+        if n_val < MIN_VAL_FOR_SELECTION:
+            log.warning(
+                "%s=best_val on %d val images: too few to tell checkpoints apart (under %d); "
+                "consider %s=last or more labeled images",
+                field,
+                n_val,
+                MIN_VAL_FOR_SELECTION,
+                field,
+            )
+        return True
+    if selection == "last":
+        return False
+    if n_val < MIN_VAL_FOR_SELECTION:
+        log.warning(
+            "val has %d images, too few to trust (under %d): %s=auto keeps the last weights instead of "
+            "the best on val; val accuracy is reported but moves by %.0f points per image",
+            n_val,
+            MIN_VAL_FOR_SELECTION,
+            field,
+            100 / max(n_val, 1),
+        )
+        return False
+    return True
 
 
 def val_scorer(

@@ -41,7 +41,7 @@ from selftrain.errors import SelftrainError
 from selftrain.models import build_model, count_parameters
 from selftrain.optim import build_optimizer, build_scheduler
 from selftrain.runstore import RunStore
-from selftrain.stage import train_and_record, val_scorer
+from selftrain.stage import keeps_best, train_and_record, val_scorer
 from students.ladder import ladder_phi, ladder_step
 from students.noise import noised_transform
 from students.pseudo_stream import PseudoLabeledStream
@@ -278,6 +278,7 @@ def train_student(
         checkpoint_dir=store.iter_dir(iteration) / "checkpoints",
         desc=f"student iter {iteration}",
         progress_hooks=progress_hooks or [],
+        keep_best=keeps_best(sc.selection, dataset, "student.selection"),
     )
     accuracy = (setup.selection.get("stats") or {}).get("accuracy") or {}
     return train_and_record(

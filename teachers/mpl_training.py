@@ -32,7 +32,7 @@ from selftrain.modelcard import build_card
 from selftrain.models import build_model
 from selftrain.optim import build_optimizer, build_scheduler
 from selftrain.runstore import RunStore
-from selftrain.stage import evaluate_split, train_and_record, val_scorer
+from selftrain.stage import evaluate_split, keeps_best, train_and_record, val_scorer
 from selftrain.transforms import train_transform
 from students.noise import noised_transform
 from teachers.meta_pseudo_labels import (
@@ -211,6 +211,7 @@ def train_mpl(
         checkpoint_dir=store.iter_dir(STUDENT_IT) / "checkpoints",
         desc="meta pseudo labels",
         progress_hooks=progress_hooks or [],
+        keep_best=keeps_best(mc.selection, dataset, "mpl.selection"),
         get_extra_state=lambda: {"baseline": baseline.value, "baseline_initialised": baseline.initialised},
         set_extra_state=lambda s: (
             setattr(baseline, "value", s["baseline"]),

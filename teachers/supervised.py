@@ -26,7 +26,7 @@ from selftrain.engine import ProgressHook, TrainLoop
 from selftrain.models import build_model
 from selftrain.optim import build_optimizer, build_scheduler
 from selftrain.runstore import RunStore
-from selftrain.stage import train_and_record, val_scorer
+from selftrain.stage import keeps_best, train_and_record, val_scorer
 from selftrain.transforms import train_transform
 from students.noise import noised_transform
 
@@ -177,6 +177,7 @@ def train_supervised(
         desc=desc,
         progress_hooks=progress_hooks or [],
         evaluate_at_start=evaluate_at_start,
+        keep_best=keeps_best(train.selection, dataset, batch_field.removesuffix("batch_size") + "selection"),
     )
     return train_and_record(
         store=store,
