@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import logging
 import random
+import zlib
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from itertools import chain
 
+import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
@@ -263,6 +265,19 @@ class SplitStream(IterableDataset):
             return None
         return self._output(self.transform(d.image), d, raw)
 
+    def _seed_augmentation(self, epoch: int, slot: int, position: int) -> None:
+        """Seed the process-global RNGs that augmentation draws from, once per batch of a reader.
+
+        Augmentation (ours and timm's RandAugment, which draws from `random` and `np.random`)
+        then depends only on the stream's seed and the position in its epoch, not on what else
+        the process drew before: a flow (whose Prefect threads run beside training), a resumed
+        run and a repeated run all augment the same batch the same way. Once per batch, because
+        reseeding costs ~10 us per generator. A resumed stream starts at a batch boundary.
+        """
+        seed = zlib.crc32(f"augment-{self.seed}-{epoch}-{slot}-{position}".encode())
+        random.seed(seed)
+        np.random.seed(seed)
+
     def __iter__(self):
         rank, world, worker, workers = reader_info()
         if self.repeat and self.batch_size:
@@ -279,10 +294,18 @@ class SplitStream(IterableDataset):
         while True:
             produced = 0
             counting = epoch == first_epoch
+            # A resumed stream replays the transforms from the last reseed up to where the run
+            # stopped (at most a batch), so its augmentation draws continue exactly.
+            seeded = self.repeat and bool(self.batch_size)
+            replay_from = skip - skip % self.batch_size if seeded else skip
             for j, raw in enumerate(self._raw_epoch(epoch, slot, slots, counting)):
+                if j < replay_from:
+                    continue
+                if seeded and j % self.batch_size == 0:
+                    self._seed_augmentation(epoch, slot, j)
+                item = self._decode(raw, counting)
                 if j < skip:
                     continue
-                item = self._decode(raw, counting)
                 if item is not None:
                     produced += 1
                     yield item

@@ -98,3 +98,32 @@ def test_killed_flow_resumes_without_redoing_finished_stages(prefect_api, digits
     card = json.loads((run / "iter-001" / "model.json").read_text())
     assert card["resumed_from_step"] is not None and card["resumed_from_step"] >= 6
     assert store.stage_state(1, "promote") == "done"
+
+
+def _weights_sha256(run) -> dict[str, str]:
+    import hashlib
+
+    return {
+        str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(run.glob("iter-*/model.safetensors"))
+    }
+
+
+def test_same_seed_same_weights_inside_the_flow(prefect_api, digits_master, tmp_path):
+    """Two flow runs of one config train bit-identical models, teacher and student alike.
+
+    Augmentation is reseeded per batch from the stream's seed and position, so the draws Prefect's
+    threads and the labeling stage make from the process-global RNGs cannot shift it.
+    """
+    from flows.noisy_student import noisy_student
+
+    hashes = []
+    for name in ("a", "b"):
+        noisy_student(run_dir=str(tmp_path / name), data=str(digits_master), config=FLOW_CONFIG, iterations=1)
+        hashes.append(_weights_sha256(tmp_path / name))
+    assert len(hashes[0]) == 2 and hashes[0] == hashes[1]
+    other = tmp_path / "seed1"
+    noisy_student(
+        run_dir=str(other), data=str(digits_master), config={**FLOW_CONFIG, "seed": 1}, iterations=1
+    )
+    assert _weights_sha256(other)["iter-000/model.safetensors"] != hashes[0]["iter-000/model.safetensors"]
