@@ -1,0 +1,188 @@
+"""Accuracy of the three methods, over seeds, on digits and on real colour photos.
+
+    .venv/bin/python benchmarks/quality.py                       # table; 3 seeds; digits + dev photos
+    .venv/bin/python benchmarks/quality.py --json --seeds 3      # one JSON object
+    .venv/bin/python benchmarks/quality.py --data ../shared/data/cifar10-dev-2796.npz --only photos
+    .venv/bin/python benchmarks/quality.py --data DATASET_DIR    # an imported data set instead
+
+Each method runs as a user runs it: `selftrain run noisy-student --iterations 3` (its iteration 0
+is the supervised teacher, the baseline) and `selftrain run meta-pseudo-labels` (finetuned
+student), each a separate process with the default config for the data set (the recipe the CLI
+picks) and `--set seed=S`. The data split is fixed (seed 0); the seeds vary the training. Photos
+from an .npz are written as an ImageFolder tree (25 labels per class by default, 30% test, the
+rest unlabeled with report-only truth) and imported with `selftrain data import`, the path users'
+photos take. `minutes` is the wall time of one run (NS: teacher + 3 iterations; MPL: teacher +
+joint training + finetune), on whatever machine this runs.
+
+JSON: {"<data set>": {"<method>": {"test_accuracy_mean", "test_accuracy_std", "minutes",
+"test_accuracy": [per seed], ...}, ...}, "config": {...}}; NS also lists `per_iteration_mean`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[0] = str(ROOT)  # the repository, not benchmarks/, first
+
+from selftrain.data.arrays import load_npz_images, write_imagefolder  # noqa: E402
+
+DEV_PHOTOS = ROOT.parent / "shared" / "data" / "cifar10-dev-2796.npz"
+METHODS = ("supervised", "noisy_student", "mpl")
+
+
+# The console script of the interpreter running this file (the venv's), as a user would call it.
+SELFTRAIN = str(Path(sys.executable).parent / "selftrain")
+
+
+def _selftrain(*args: str, log: Path) -> None:
+    cmd = [SELFTRAIN, *args]
+    with log.open("a") as out:
+        out.write(f"$ selftrain {' '.join(args)}\n")
+        out.flush()
+        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"quality: `selftrain {' '.join(args)}` failed (exit {done.returncode}); see {log}")
+
+
+def _json(*args: str) -> dict:
+    out = subprocess.run([SELFTRAIN, *args], capture_output=True, text=True, cwd=ROOT, check=True)
+    return json.loads(out.stdout)
+
+
+def build_photos(source: Path, work: Path, labels_per_class: int, log: Path) -> Path:
+    if (source / "dataset.json").is_file():
+        return source
+    images, labels, classes = load_npz_images(source)
+    tree = work / "photos-tree"
+    write_imagefolder(images, labels, classes, tree, labels_per_class=labels_per_class, seed=0)
+    out = work / "photos"
+    _selftrain(
+        "data", "import", "--labeled", str(tree / "labeled"), "--unlabeled", str(tree / "unlabeled"),
+        "--test", str(tree / "test"), "--out", str(out), "--unlabeled-truth", log=log,
+    )  # fmt: skip
+    return out
+
+
+def run_seed(data: Path, work: Path, seed: int, iterations: int, extra: list[str], log: Path) -> dict:
+    sets = [a for s in [f"seed={seed}", *extra] for a in ("--set", s)]
+    ns, mpl = work / f"ns-seed{seed}", work / f"mpl-seed{seed}"
+    started = time.perf_counter()
+    _selftrain("run", "noisy-student", "--data", str(data), "--run-dir", str(ns),
+               "--iterations", str(iterations), *sets, log=log)  # fmt: skip
+    ns_minutes = (time.perf_counter() - started) / 60
+    started = time.perf_counter()
+    _selftrain("run", "meta-pseudo-labels", "--data", str(data), "--run-dir", str(mpl), *sets, log=log)
+    mpl_minutes = (time.perf_counter() - started) / 60
+    rows = [r for r in _json("report", "--run-dir", str(ns), "--json")["iterations"] if r["state"] == "done"]
+    mpl_rows = {r["role"]: r for r in _json("status", "--run-dir", str(mpl), "--json")["iterations"]}
+    return {
+        "seed": seed,
+        "supervised": rows[0]["test_accuracy"],
+        "noisy_student": rows[-1]["test_accuracy"],
+        "per_iteration": [r["test_accuracy"] for r in rows],
+        "pseudo_label_accuracy": [r.get("pseudo_label_accuracy") for r in rows[1:]],
+        "params": [r["params"] for r in rows],
+        "mpl": mpl_rows["mpl-finetuned"]["test_accuracy"],
+        "mpl_student": mpl_rows["mpl-student"]["test_accuracy"],
+        "mpl_teacher_supervised": mpl_rows.get("teacher", {}).get("test_accuracy"),
+        "ns_minutes": ns_minutes,
+        "mpl_minutes": mpl_minutes,
+    }
+
+
+def summarize(runs: list[dict]) -> dict:
+    def stats(values: list[float]) -> tuple[float, float]:
+        return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+    out: dict = {}
+    for method in METHODS:
+        mean, std = stats([r[method] for r in runs])
+        minutes = statistics.fmean(r["mpl_minutes" if method == "mpl" else "ns_minutes"] for r in runs)
+        out[method] = {
+            "test_accuracy_mean": round(mean, 4),
+            "test_accuracy_std": round(std, 4),
+            "minutes": round(minutes, 2),
+            "test_accuracy": [round(r[method], 4) for r in runs],
+        }
+    out["supervised"]["minutes"] = None  # part of the Noisy Student run (its iteration 0)
+    per_iter = list(zip(*[r["per_iteration"] for r in runs], strict=True))
+    out["noisy_student"]["per_iteration_mean"] = [round(statistics.fmean(v), 4) for v in per_iter]
+    out["noisy_student"]["gain_points_mean"] = round(
+        (out["noisy_student"]["test_accuracy_mean"] - out["supervised"]["test_accuracy_mean"]) * 100, 2
+    )
+    out["mpl"]["gain_points_mean"] = round(
+        (out["mpl"]["test_accuracy_mean"] - out["supervised"]["test_accuracy_mean"]) * 100, 2
+    )
+    out["runs"] = runs
+    return out
+
+
+def print_table(results: dict) -> None:
+    print(f"{'data set':<10} {'method':<24} {'test accuracy':>18} {'minutes/run':>12}")
+    names = {"supervised": "supervised (teacher)", "noisy_student": "Noisy Student (iter 3)",
+             "mpl": "Meta Pseudo Labels"}  # fmt: skip
+    for data, methods in results.items():
+        if data == "config":
+            continue
+        for m in METHODS:
+            r = methods[m]
+            acc = f"{r['test_accuracy_mean'] * 100:.2f} ± {r['test_accuracy_std'] * 100:.2f}%"
+            minutes = "-" if r["minutes"] is None else f"{r['minutes']:.1f}"
+            gain = f"  ({r['gain_points_mean']:+.2f})" if "gain_points_mean" in r else ""
+            print(f"{data:<10} {names[m]:<24} {acc:>18} {minutes:>12}{gain}")
+        per_iter = " -> ".join(f"{a * 100:.2f}" for a in methods["noisy_student"]["per_iteration_mean"])
+        print(f"{data:<10} {'NS per iteration (mean)':<24} {per_iter}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 (default 3)")
+    p.add_argument("--data", type=Path, default=DEV_PHOTOS, help="photos: an .npz or an imported data set")
+    p.add_argument("--only", choices=["digits", "photos"], help="run one data set only")
+    p.add_argument("--labels-per-class", type=int, default=25, help="photos from an .npz (default 25)")
+    p.add_argument("--iterations", type=int, default=3, help="Noisy Student iterations (default 3)")
+    p.add_argument("--set", dest="extra", action="append", default=[], help="extra config override")
+    p.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temp folder)")
+    args = p.parse_args()
+
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    work = args.keep or Path(tempfile.mkdtemp(prefix="selftrain-quality-"))
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "quality.log"
+    results: dict = {"config": {"seeds": args.seeds, "iterations": args.iterations, "overrides": args.extra}}
+    sets: list[tuple[str, Path]] = []
+    if args.only in (None, "digits"):
+        digits = work / "digits"
+        if not (digits / "dataset.json").is_file():
+            _selftrain("data", "digits", "--out", str(digits), log=log)
+        sets.append(("digits", digits))
+    if args.only in (None, "photos"):
+        if args.data.exists():
+            sets.append(("photos", build_photos(args.data, work, args.labels_per_class, log)))
+        else:
+            print(f"quality: {args.data} not found; photos skipped", file=sys.stderr)
+    for name, data in sets:
+        runs = []
+        for seed in range(args.seeds):
+            runs.append(run_seed(data, work / name, seed, args.iterations, args.extra, log))
+            print(f"quality: {name} seed {seed}: {json.dumps(runs[-1])}", file=sys.stderr, flush=True)
+        results[name] = summarize(runs)
+    print(json.dumps(results, indent=1) if args.json else "", end="\n" if args.json else "")
+    if not args.json:
+        print_table(results)
+    print(f"quality: runs and log in {work}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
