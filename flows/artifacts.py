@@ -3,12 +3,18 @@
 Image artifacts only link to a URL the browser must reach, and these machines have no public
 URL; the plot is therefore embedded in the markdown artifact as a base64 `data:` image, which the
 UI renders inline with no network access.
+
+Keyed artifacts form one history per key in the UI, so every key carries the run directory
+(`run_key`): runs never share a key, and the artifacts of one run directory stay one history
+across the flow runs that continue it.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
+from pathlib import Path
 from typing import Any
 
 from prefect.artifacts import (
@@ -17,14 +23,26 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from slugify import slugify
 
 from selftrain.report import TABLE_COLUMNS, accuracy_plot_png, format_value, markdown_table
 from selftrain.runstore import RunStore
 
+SLUG_CHARS = 40  # keys stay readable in the UI's lists; the digest keeps them unique
 
-def _key(text: str) -> str:
-    """Artifact keys must match ^[a-z0-9-]*$."""
-    return "".join(c if c.isalnum() or c == "-" else "-" for c in text.lower())
+
+def run_key(root: str | Path) -> str:
+    """The run directory's part of every artifact key: `NAME-DIGEST`.
+
+    NAME is the directory's name as python-slugify writes it (lowercase ASCII letters, digits and
+    dashes, as Prefect requires; at most 40 characters; `run` when nothing is left);
+    DIGEST is 8 hex digits of the sha256 of its absolute path, so two run directories with the
+    same name in different folders (every test's `tmp_path/run`, `runs/demo` of two checkouts)
+    still get different keys, while every flow run that continues the same directory reuses them.
+    """
+    path = Path(root).resolve()
+    name = slugify(path.name, max_length=SLUG_CHARS) or "run"
+    return f"{name}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
 
 
 class ProgressArtifact:
@@ -45,9 +63,9 @@ class ProgressArtifact:
 
 def publish_run_report(store: RunStore, flow_name: str) -> None:
     rows = store.status_rows()
-    name = _key(store.root.name) or "run"
+    name = run_key(store.root)
     create_table_artifact(
-        key=f"{_key(flow_name)}-{name}-metrics",
+        key=f"{slugify(flow_name)}-{name}-metrics",
         table=[{head: format_value(key, r.get(key)) for key, head in TABLE_COLUMNS} for r in rows],
         description=f"Per-iteration metrics of {store.root}",
     )
@@ -63,7 +81,7 @@ def publish_run_report(store: RunStore, flow_name: str) -> None:
         )
     summary += ["", markdown_table(rows), "", f"![accuracy per iteration](data:image/png;base64,{png})", ""]
     create_markdown_artifact(
-        key=f"{_key(flow_name)}-{name}-summary", markdown="\n".join(summary), description="Run summary"
+        key=f"{slugify(flow_name)}-{name}-summary", markdown="\n".join(summary), description="Run summary"
     )
 
 
@@ -90,7 +108,7 @@ def publish_iteration_summary(store: RunStore, iteration: int, extra: dict[str, 
     for key, value in (extra or {}).items():
         lines.append(f"- {key}: {value}")
     create_markdown_artifact(
-        key=f"{_key(store.root.name) or 'run'}-iter-{iteration}",
+        key=f"{run_key(store.root)}-iter-{iteration}",
         markdown="\n".join(lines),
         description=f"Iteration {iteration} summary",
     )

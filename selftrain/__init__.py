@@ -1,7 +1,8 @@
 """Shared plumbing for selftrain: data shards, config, training engine and the run store.
 
-Domain code lives beside this package (`teachers/`, `students/`, `pseudolabel/`) and Prefect
-wiring in `flows/`; this package is what they all stand on, and it never imports Prefect.
+Domain code lives beside this package (`teachers/`, `students/`, `pseudolabel/`), Prefect
+wiring in `flows/` and the entry points in `commands/`; this package is what they all stand on:
+it imports none of them and never Prefect (`lint-imports` checks both; docs/design.md).
 """
 
 __version__ = "0.1.0"

@@ -1,26 +1,28 @@
 """Training stages through torchrun, as a subprocess whose output is streamed line by line.
 
     selftrain teacher train --data data/digits --run-dir runs/ddp --nproc-per-node 2
-    python -m torch.distributed.run --standalone --nproc-per-node 2 -m selftrain.launch teacher \\
+    python -m torch.distributed.run --standalone --nproc-per-node 2 -m commands.train_rank teacher \\
         --run-dir runs/ddp --config-json cfg.json          # what the line above runs
 
-The parent side (`launch_training`) writes the resolved config to a temporary file, runs
-`python -m torch.distributed.run --standalone --nproc-per-node N -m selftrain.launch STAGE ...`
-in its own process group, hands every output line to a callback (a Prefect task passes its run
-logger, the CLI prints), and stops the whole group (torchrun, its ranks and their DataLoader
-workers) on a timeout, an interrupt or any exception raised while it waits, e.g. the TimeoutError
-Prefect raises in a task that outlives `timeout_seconds`. A Prefect timeout cannot stop training
-running in the task's own thread; it can stop a subprocess, and the exit code says how it ended.
+This is the parent side (`launch_training`): it writes the resolved config to a temporary file,
+runs `python -m torch.distributed.run --standalone --nproc-per-node N -m commands.train_rank
+STAGE ...` in its own process group, hands every output line to a callback (a Prefect task passes
+its run logger, the CLI prints), and stops the whole group (torchrun, its ranks and their
+DataLoader workers) on a timeout, an interrupt or any exception raised while it waits, e.g. the
+TimeoutError Prefect raises in a task that outlives `timeout_seconds`. A Prefect timeout cannot
+stop training running in the task's own thread; it can stop a subprocess, and the exit code says
+how it ended.
 
-The rank side (`main`, run by torchrun on every rank) joins the process group
-(`selftrain.distributed.init`), runs the same training function as the in-process path, and
-prints `progress DESC: STEP/TOTAL ...` lines from rank 0 that the parent turns into progress.
-The run directory records everything the stage produced; the parent reads the model card back.
+The rank side (`commands/train_rank.py`, run by torchrun on every rank) joins the process group,
+runs the same training function as the in-process path, and prints `progress DESC: STEP/TOTAL ...`
+lines from rank 0 that the parent turns into progress. It imports the stage packages, so it sits
+with the entry points above them; this side names it only as a module path, so shared plumbing
+never imports a stage. The run directory records everything the stage produced; the parent reads
+the model card back.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import queue
@@ -45,6 +47,9 @@ STAGES = {"teacher": None, "student": None, "mpl": 2, "finetune": 3}
 PROGRESS = re.compile(r"^progress (?P<desc>.*): (?P<step>\d+)/(?P<total>\d+)\b")
 RANK_ERROR = re.compile(r"^\[rank \d+\] error: (?P<message>.*)")
 
+# What torchrun runs on every rank: the entry point above the stage packages (`commands/`).
+RANK_MODULE = "commands.train_rank"
+
 LineCallback = Callable[[str], None]
 ProgressCallback = Callable[[int, int, dict[str, float]], None]
 
@@ -63,7 +68,7 @@ def training_command(
         "--standalone",
         f"--nproc-per-node={nproc}",
         "-m",
-        "selftrain.launch",
+        RANK_MODULE,
         stage,
         "--run-dir",
         str(run_dir),
@@ -235,84 +240,3 @@ def launch_training(
         run_streaming(cmd, forward, timeout_s=timeout_s, env=_subprocess_env(nproc, device.type))
         log.info("%s finished in %.1f s with %d processes", stage, time.monotonic() - started, nproc)
     return RunStore(run_dir).card(card_iteration)
-
-
-# -- rank side --------------------------------------------------------------------------------
-class ProgressLines:
-    """Engine progress hook on rank 0: one `progress DESC: STEP/TOTAL loss L` line per interval."""
-
-    def __init__(self, desc: str, interval_s: float = 2.0):
-        self.desc, self.interval_s, self._last = desc, interval_s, 0.0
-
-    def __call__(self, step: int, total: int, metrics: dict[str, float]) -> None:
-        now = time.monotonic()
-        if step < total and now - self._last < self.interval_s:
-            return
-        self._last = now
-        print(
-            f"progress {self.desc}: {step}/{total} loss {metrics.get('loss', float('nan')):.4f}", flush=True
-        )
-
-
-def _run_stage(args: argparse.Namespace) -> dict[str, Any]:
-    from selftrain import distributed
-    from selftrain.config import RunConfig
-    from selftrain.data.dataset_info import load_dataset
-    from selftrain.runstore import RunStore
-
-    cfg = RunConfig.model_validate_json(Path(args.config_json).read_text())
-    device = distributed.init(cfg.device)
-    store = RunStore(args.run_dir)
-    dataset = load_dataset(store.data_dir())
-    hooks = [ProgressLines(f"{args.stage} {args.iteration if args.iteration is not None else ''}".strip())]
-    if args.stage == "teacher":
-        from teachers.supervised import train_teacher
-
-        return train_teacher(store, dataset, cfg, device, progress_hooks=hooks)
-    if args.stage == "student":
-        from students.noisy_student import train_student
-
-        if args.iteration is None:
-            raise SelftrainError("--iteration: required for the student stage")
-        return train_student(store, dataset, cfg, device, args.iteration, progress_hooks=hooks)
-    from teachers.mpl_training import finetune_student, train_mpl
-
-    if args.stage == "mpl":
-        return train_mpl(store, dataset, cfg, device, progress_hooks=hooks)
-    return finetune_student(store, dataset, cfg, device, progress_hooks=hooks)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """One torchrun rank: train `STAGE` of `--run-dir` with the config in `--config-json`."""
-    from selftrain import distributed
-
-    parser = argparse.ArgumentParser(prog="python -m selftrain.launch", description=main.__doc__)
-    parser.add_argument("stage", choices=list(STAGES))
-    parser.add_argument("--run-dir", required=True, type=Path)
-    parser.add_argument("--config-json", required=True, type=Path)
-    parser.add_argument("--iteration", type=int)
-    args = parser.parse_args(argv)
-    rank = distributed.rank()
-    logging.basicConfig(
-        level=logging.WARNING, format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    for name in ("selftrain", "pseudolabel"):
-        logging.getLogger(name).setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    try:
-        card = _run_stage(args)
-        if rank == 0:
-            print(
-                f"done {args.stage}: iteration {card['iteration']} val {card['val_accuracy']:.4f} "
-                f"test {card['test_accuracy']:.4f} world_size {card['world_size']}",
-                flush=True,
-            )
-    except SelftrainError as exc:
-        print(f"[rank {rank}] error: {exc}", file=sys.stderr, flush=True)
-        return 2
-    finally:
-        distributed.destroy()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

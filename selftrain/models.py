@@ -10,7 +10,7 @@ from selftrain.errors import SelftrainError
 
 def _register_project_models() -> None:
     """The project's own named models (the EfficientNet ladder) join timm's registry on import."""
-    import students.ladder  # noqa: F401
+    import selftrain.ladder  # noqa: F401
 
 
 def build_model(

@@ -34,18 +34,18 @@ from pseudolabel.selection import read_selection
 from selftrain import distributed
 from selftrain.config import RunConfig, StudentConfig
 from selftrain.data.dataset_info import Dataset
+from selftrain.data.labeled_batches import labeled_batches
 from selftrain.data.stream import make_loader
 from selftrain.device import autocast, prepare_model, seed_everything, to_device
 from selftrain.engine import ProgressHook, TrainLoop
 from selftrain.errors import SelftrainError
+from selftrain.ladder import ladder_phi, ladder_step
 from selftrain.models import build_model, count_parameters
+from selftrain.noise import noised_transform
 from selftrain.optim import build_optimizer, build_scheduler
 from selftrain.runstore import RunStore
 from selftrain.stage import keeps_best, train_and_record, val_scorer
-from students.ladder import ladder_phi, ladder_step
-from students.noise import noised_transform
 from students.pseudo_stream import PseudoLabeledStream
-from teachers.supervised import labeled_batches
 
 log = logging.getLogger("selftrain.student")
 

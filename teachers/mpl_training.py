@@ -25,16 +25,17 @@ from timm.utils import ModelEmaV3
 from selftrain import distributed
 from selftrain.config import RunConfig, TrainConfig
 from selftrain.data.dataset_info import Dataset
+from selftrain.data.labeled_batches import labeled_batches
 from selftrain.data.stream import SplitStream, make_loader
 from selftrain.device import autocast, prepare_model, seed_everything, to_device
 from selftrain.engine import ProgressHook, TrainLoop
 from selftrain.modelcard import build_card
 from selftrain.models import build_model
+from selftrain.noise import noised_transform
 from selftrain.optim import build_optimizer, build_scheduler
 from selftrain.runstore import RunStore
 from selftrain.stage import evaluate_split, keeps_best, train_and_record, val_scorer
 from selftrain.transforms import train_transform
-from students.noise import noised_transform
 from teachers.meta_pseudo_labels import (
     MovingBaseline,
     mpl_teacher_loss,
@@ -43,7 +44,7 @@ from teachers.meta_pseudo_labels import (
     uda_loss,
     uda_weight,
 )
-from teachers.supervised import labeled_batches, train_supervised
+from teachers.supervised import train_supervised
 
 log = logging.getLogger("selftrain.mpl")
 

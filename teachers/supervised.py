@@ -12,23 +12,21 @@ the gradients, so the update is the one-process update on the whole batch).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 
 from selftrain import distributed
 from selftrain.config import RunConfig, TeacherConfig, TrainConfig
 from selftrain.data.dataset_info import Dataset
-from selftrain.data.stream import SplitStream, make_loader
+from selftrain.data.labeled_batches import labeled_batches
 from selftrain.device import autocast, prepare_model, seed_everything, to_device
 from selftrain.engine import ProgressHook, TrainLoop
 from selftrain.models import build_model
+from selftrain.noise import noised_transform
 from selftrain.optim import build_optimizer, build_scheduler
 from selftrain.runstore import RunStore
 from selftrain.stage import keeps_best, train_and_record, val_scorer
 from selftrain.transforms import train_transform
-from students.noise import noised_transform
 
 
 def supervised_step(
@@ -43,43 +41,6 @@ def supervised_step(
     optimizer.step()
     scheduler.step()
     return {"loss": loss.item(), "train_accuracy": (logits.argmax(1) == y).float().mean().item()}
-
-
-def labeled_batches(
-    dataset: Dataset,
-    cfg: RunConfig,
-    train: TrainConfig,
-    device: torch.device,
-    seed: int,
-    transform,
-    field: str = "batch_size",
-):
-    """`start_step -> iterator of batches`: the endless, resumable labeled stream.
-
-    `train.batch_size` is global; each rank draws its share (`field` names it in the error when
-    the world size does not divide it). The stream position is global too: steps x global batch.
-    """
-    streams: list[SplitStream] = []
-    per_rank = distributed.local_batch(train.batch_size, field)
-
-    def batches(start_step: int) -> Iterator:
-        stream = SplitStream(
-            dataset,
-            "labeled",
-            transform,
-            repeat=True,
-            shuffle=True,
-            seed=seed,
-            start_sample=start_step * train.batch_size,
-            shuffle_buffer=cfg.data.shuffle_buffer,
-            verify_checksums=cfg.data.verify_checksums,
-            skip_corrupt=cfg.data.skip_corrupt,
-            batch_size=per_rank,
-        )
-        streams.append(stream)
-        return iter(make_loader(stream, per_rank, cfg.data.num_workers, device))
-
-    return batches, streams
 
 
 def supervised_transform(size: int, channels: int, train: TrainConfig):

@@ -180,7 +180,7 @@ def test_one_process_helpers_are_identities():
 def test_training_command_is_torchrun_on_this_module(tmp_path):
     cmd = training_command("student", tmp_path / "run", tmp_path / "c.json", 2, iteration=1)
     assert cmd[:5] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    assert cmd[5:8] == ["-m", "selftrain.launch", "student"] and cmd[-2:] == ["--iteration", "1"]
+    assert cmd[5:8] == ["-m", "commands.train_rank", "student"] and cmd[-2:] == ["--iteration", "1"]
     assert progress_of("progress student 1: 12/300 loss 0.5") == (12, 300)
     assert progress_of("[rank 0] INFO selftrain.engine: step 12/300") is None
 

@@ -66,7 +66,7 @@ def test_mpl_flow_trains_every_stage_with_two_ranks(prefect_api, digits_master, 
 
 
 def test_noisy_student_run_command_with_nproc_per_node(prefect_api, digits_master, tmp_path):  # noqa: F811
-    from selftrain.cli import main
+    from commands.cli import main
 
     run = tmp_path / "run"
     args = [

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from selftrain.cli import main
+from commands.cli import main
 
-SELFTRAIN = [sys.executable, "-m", "selftrain.cli"]
+SELFTRAIN = [sys.executable, "-m", "commands.cli"]
 
 # Run by torchrun on every rank: the training streams as the trainers build them (global batch,
 # per-rank share, endless, shuffled, DataLoader workers), recording which keys each rank drew.

@@ -209,7 +209,7 @@ def test_image_runs_as_numeric_non_root_user_without_entrypoint():
     assert not instructions("ENTRYPOINT")
     cmd = exec_form(instructions("CMD")[-1])
     assert cmd[0] in pyproject()["project"]["scripts"]
-    from selftrain.cli import build_parser
+    from commands.cli import build_parser
 
     assert build_parser().parse_args(cmd[1:]).command == "serve"
 
@@ -283,7 +283,7 @@ def test_server_and_worker_use_the_project_image_at_the_project_version():
 
 
 def test_worker_command_is_the_readmes_serve_command():
-    from selftrain.cli import build_parser
+    from commands.cli import build_parser
 
     command = service("worker")["command"]
     assert command[0] in pyproject()["project"]["scripts"]

@@ -63,7 +63,7 @@ def test_killed_flow_resumes_without_redoing_finished_stages(prefect_api, digits
     cmd = [
         sys.executable,
         "-m",
-        "selftrain.cli",
+        "commands.cli",
         "run",
         "noisy-student",
         "--data",

@@ -112,12 +112,15 @@ def test_each_deployment_run_trains_the_next_iteration(server, served_runs):
     assert "train-teacher" not in second_tasks  # the teacher of iteration 0 is never retrained
     assert {"pseudolabel-shards", "train-student", "promote"} <= set(second_tasks)
 
+    from flows.artifacts import run_key
+
+    run = run_key(run_dir)  # the run directory's name and a digest of its path: `run-1a2b3c4d`
     kinds = {(a["type"], a["key"]) for a in server.artifacts(second)}
-    assert ("table", "noisy-student-run-metrics") in kinds
-    assert ("markdown", "noisy-student-run-summary") in kinds
-    assert ("markdown", "run-iter-2") in kinds
+    assert ("table", f"noisy-student-{run}-metrics") in kinds
+    assert ("markdown", f"noisy-student-{run}-summary") in kinds
+    assert ("markdown", f"{run}-iter-2") in kinds
     assert any(kind == "progress" for kind, _ in kinds)
-    summary = next(a for a in server.artifacts(second) if a["key"] == "noisy-student-run-summary")
+    summary = next(a for a in server.artifacts(second) if a["key"] == f"noisy-student-{run}-summary")
     assert "data:image/png;base64," in summary["data"]
 
 
@@ -144,7 +147,10 @@ def _browser_or_skip():
 
 def test_prefect_ui_shows_state_tasks_logs_and_artifacts(server, served_runs, tmp_path):
     sync_api = _browser_or_skip()
+    from flows.artifacts import run_key
+
     run_id = served_runs["run_ids"][1]
+    run = run_key(served_runs["run_dir"])
     artifacts = {a["key"]: a for a in server.artifacts(run_id) if a["key"]}
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -166,18 +172,18 @@ def test_prefect_ui_shows_state_tasks_logs_and_artifacts(server, served_runs, tm
             for name in ("train-student", "evaluate", "promote"):
                 sync_api.expect(page.get_by_text(re.compile(rf"^{name}-")).first).to_be_visible()
             page.get_by_text("Artifacts", exact=True).first.click()
-            for key in ("noisy-student-run-summary", "noisy-student-run-metrics", "run-iter-2"):
+            for key in (f"noisy-student-{run}-summary", f"noisy-student-{run}-metrics", f"{run}-iter-2"):
                 sync_api.expect(page.get_by_text(key).first).to_be_visible()
             sync_api.expect(page.get_by_text("student (iteration 2) training").first).to_be_visible()
             page.screenshot(path=tmp_path / "artifacts.png", full_page=True)
 
-            page.goto(f"{server.url}/artifacts/artifact/{artifacts['noisy-student-run-summary']['id']}")
+            page.goto(f"{server.url}/artifacts/artifact/{artifacts[f'noisy-student-{run}-summary']['id']}")
             plot = page.locator("img[src^='data:image/png;base64,']")
             sync_api.expect(plot).to_be_visible()
             page.wait_for_function("img => img.complete && img.naturalWidth > 100", arg=plot.element_handle())
             page.screenshot(path=tmp_path / "summary.png", full_page=True)
 
-            page.goto(f"{server.url}/artifacts/artifact/{artifacts['noisy-student-run-metrics']['id']}")
+            page.goto(f"{server.url}/artifacts/artifact/{artifacts[f'noisy-student-{run}-metrics']['id']}")
             for column in ("pseudo-label acc", "ratio", "test acc"):
                 sync_api.expect(page.get_by_text(column, exact=True).first).to_be_visible()
             page.screenshot(path=tmp_path / "metrics.png", full_page=True)

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import webdataset as wds
 
+from commands.cli import main
 from pseudolabel.label_shards import pseudo_dir
 from pseudolabel.selection import read_selection, write_selection
 from pseudolabel.sidecar import meta_path, read_meta, read_sidecar, sidecar_path
-from selftrain.cli import main
 from selftrain.data.dataset_info import load_dataset, save_dataset
 from selftrain.data.shards import iter_shard
 
@@ -81,7 +81,7 @@ def test_selection_refuses_missing_sidecars(run):
 KILL_ON_THIRD_SHARD = """
 import os, signal, sys
 from pseudolabel.sidecar import SidecarWriter
-from selftrain.cli import main
+from commands.cli import main
 
 opened = []
 original_init, original_write = SidecarWriter.__init__, SidecarWriter.write

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from selftrain.cli import main
+from commands.cli import main
 from selftrain.config import RunConfig, load_config
 from selftrain.models import build_model, count_parameters
 from selftrain.runstore import RunStore

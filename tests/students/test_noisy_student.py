@@ -8,8 +8,8 @@ from pseudolabel.selection import read_selection
 from selftrain.config import load_config
 from selftrain.data.dataset_info import load_dataset
 from selftrain.errors import SelftrainError
+from selftrain.noise import noised_transform
 from selftrain.runstore import RunStore
-from students.noise import noised_transform
 from students.noisy_student import noisy_student_step, train_student
 from students.pseudo_stream import PseudoLabeledStream
 from tests.conftest import QUICK_TEACHER
@@ -145,7 +145,7 @@ def test_ratio_zero_trains_on_labeled_data_alone():
 
 
 def test_status_json_has_noisy_student_fields(run_copy, capsys):
-    from selftrain.cli import main
+    from commands.cli import main
 
     _train(run_copy)
     assert main(["status", "--run-dir", str(run_copy), "--json"]) == 0

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from selftrain.cli import main
+from commands.cli import main
 from selftrain.runstore import RunStore
 from tests.conftest import QUICK_TEACHER
 from tests.helpers import edit_index, rewrite_shard

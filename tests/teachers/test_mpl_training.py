@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from selftrain.cli import main
+from commands.cli import main
 from selftrain.data.dataset_info import load_dataset
 from selftrain.runstore import RunStore
 from tests.conftest import QUICK_TEACHER
@@ -75,7 +75,7 @@ def test_killed_mpl_run_resumes_to_the_same_result(digits_master, tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "selftrain.cli",
+        "commands.cli",
         "run",
         "meta-pseudo-labels",
         "--data",

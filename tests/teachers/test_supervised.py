@@ -9,7 +9,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from selftrain.cli import main
+from commands.cli import main
 from tests.conftest import QUICK_TEACHER
 
 
@@ -83,7 +83,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(digits_master, tmp_path):
     assert main(_args(digits_master, tmp_path / "straight", RESUME)) == 0
 
     run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "selftrain.cli", *_args(digits_master, run, RESUME)]
+    cmd = [sys.executable, "-m", "commands.cli", *_args(digits_master, run, RESUME)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = run / "iter-000" / "checkpoints" / "step-00000030"
     deadline = time.time() + 120

@@ -3,7 +3,7 @@ import json
 import numpy as np
 from sklearn.datasets import load_digits
 
-from selftrain.cli import main
+from commands.cli import main
 from selftrain.data.dataset_info import load_dataset
 from selftrain.data.shards import decode_sample, iter_shard
 

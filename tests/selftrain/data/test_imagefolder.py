@@ -1,7 +1,7 @@
 import pytest
 from PIL import Image
 
-from selftrain.cli import main
+from commands.cli import main
 from selftrain.data.dataset_info import load_dataset
 from selftrain.data.shards import decode_sample, iter_shard
 from selftrain.data.stream import SplitStream

@@ -4,8 +4,8 @@ import pytest
 import timm
 import torch
 
+from selftrain.ladder import ALPHA, BETA, GAMMA, ladder_phi, ladder_step
 from selftrain.models import build_model, count_flops, count_parameters
-from students.ladder import ALPHA, BETA, GAMMA, ladder_phi, ladder_step
 
 
 def test_compound_scaling_coefficients():

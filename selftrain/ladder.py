@@ -6,7 +6,8 @@ section 3) grows the student at each iteration; climbing this ladder one step pe
 that in a principled way. Step 0 is EfficientNet-B0's block layout at half width and half depth
 and 32 px, sized for small images such as digits; it is built from timm's EfficientNet builder
 (`decode_arch_def`, `round_channels`) and registered with timm, so `timm.create_model` builds
-`effnet_ladder_0` ... `effnet_ladder_7` like any other model name.
+`effnet_ladder_0` ... `effnet_ladder_7` like any other model name. It sits beside
+`selftrain/models.py`, which registers it, because any stage may build a ladder model by name.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The student's input noise: RandAugment (Cubuk et al. 2020), as Noisy Student uses it.
+"""The input noise: RandAugment (Cubuk et al. 2020), as Noisy Student uses it.
+
+The student trains on it, and so do the supervised and the Meta Pseudo Labels teachers; it lives in
+the shared layer so that `teachers/` and `students/` need not import each other.
 
 timm's RandAugment works on PIL images; its fill colour (`img_mean`) must match the image mode,
 a 3-tuple for RGB and a single value for grayscale (a tuple there makes PIL fail). Colour images

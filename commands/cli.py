@@ -326,8 +326,8 @@ def print_status(store, as_json: bool) -> None:
 def _ladder_rows(store, rows: list[dict]) -> list[dict]:
     """The ladder steps this run uses (and the next one), when its students climb the ladder."""
     from selftrain.data.dataset_info import load_dataset
+    from selftrain.ladder import ladder_phi, ladder_step
     from selftrain.models import build_model, count_flops, count_parameters
-    from students.ladder import ladder_phi, ladder_step
     from students.noisy_student import student_model_name
 
     cfg = store.config()
