@@ -101,7 +101,10 @@ def main() -> int:
         return 0
     print(f"{'val fraction':>12} {'val images':>10} {'best on val':>14} {'last weights':>14} {'oracle':>14}")
     for fraction, row in results.items():
-        cells = [f"{row[f'{r}_test_mean'] * 100:.2f} ± {row[f'{r}_test_std'] * 100:.2f}" for r in ("best_val", "last", "oracle")]
+        cells = [
+            f"{row[f'{r}_test_mean'] * 100:.2f} ± {row[f'{r}_test_std'] * 100:.2f}"
+            for r in ("best_val", "last", "oracle")
+        ]
         print(f"{fraction:>12} {row['val_images']:>10} {cells[0]:>14} {cells[1]:>14} {cells[2]:>14}")
     return 0
 
