@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from selftrain import distributed
 from selftrain.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from selftrain.errors import SelftrainError
+from selftrain.tblog import ScalarLog
 
 log = logging.getLogger("selftrain.engine")
 
@@ -70,6 +71,12 @@ class TrainLoop:
     set_extra_state: Callable[[dict[str, Any]], None] | None = None
     # Score the starting weights first, so the result is never worse on val than the start (finetuning).
     evaluate_at_start: bool = False
+    # Samples one step trains on (global), for the throughput scalars.
+    samples_per_step: int | None = None
+    # TensorBoard scalars (`selftrain.tblog`); `train_and_record` opens one per stage when the config asks.
+    scalar_log: ScalarLog | None = None
+    # Scalars that describe the whole stage (a student's filter kept share), logged once at its start.
+    static_scalars: dict[str, float] = field(default_factory=dict)
 
     def _resume(self) -> tuple[int, dict[str, Any], dict[str, torch.Tensor]] | None:
         for path in reversed(list_checkpoints(self.checkpoint_dir)):
@@ -133,9 +140,14 @@ class TrainLoop:
             )
             distributed.barrier()
 
+        tb = self.scalar_log if main else None
+        if tb is not None:
+            tb.open(start)
         if self.evaluate_at_start and restored is None:
             best_score, best_step = self.evaluate(), 0
             history.append({"step": 0, "val_accuracy": best_score})
+            if tb is not None:
+                tb.evaluation(0, best_score)
         it = self.batches(start)
         bar = tqdm(
             total=self.steps,
@@ -164,6 +176,8 @@ class TrainLoop:
                     raise SelftrainError(
                         f"{self.desc}: loss became {metrics.get('loss')} at step {step}; lower the learning rate"
                     )
+                if tb is not None:
+                    tb.step(step + 1, metrics, self.optimizers)
                 for k, v in metrics.items():
                     running[k] = running.get(k, 0.0) + float(v)
                 since += 1
@@ -174,6 +188,8 @@ class TrainLoop:
                         model_.train()
                     row = {"step": done, **{k: v / since for k, v in running.items()}, "val_accuracy": score}
                     history.append(row)
+                    if tb is not None:
+                        tb.evaluation(done, score)
                     running, since = {}, 0
                     if score >= best_score:
                         best_score, best_step = score, done
@@ -197,6 +213,8 @@ class TrainLoop:
                     checkpoint(done)
         finally:
             bar.close()
+            if tb is not None:
+                tb.close()
         return TrainResult(
             best_state=best_state,
             best_score=best_score,
