@@ -97,6 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(ttrain)
     _add_nproc_arg(ttrain)
 
+    timp = teacher.add_parser(
+        "import",
+        help="register an existing model as the teacher (iteration 0): evaluated and carded like a trained one",
+        description="Bring your own teacher: the weights (.safetensors, or a checkpoint read with "
+        "weights_only=True) must be a --model classifier for this data set's classes and channels. "
+        "Inputs are resized to data.image_size (--set data.image_size=N).",
+    )
+    timp.add_argument("--run-dir", required=True, type=Path)
+    timp.add_argument("--weights", required=True, type=Path, help="a .safetensors file or a checkpoint")
+    timp.add_argument("--model", required=True, help="the timm model name the weights belong to")
+    timp.add_argument("--data", type=Path, help="data set folder (required for a new run directory)")
+    _add_config_args(timp)
+
     ev = sub.add_parser("eval", help="re-evaluate a saved iteration")
     ev.add_argument("--run-dir", required=True, type=Path)
     ev.add_argument("--iteration", type=int, required=True)
@@ -152,6 +165,44 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--mpl", required=True, type=Path, help="a finished meta-pseudo-labels run directory")
     cmp.add_argument("--json", action="store_true")
 
+    pr = sub.add_parser(
+        "predict",
+        help="label images with a trained model: top-k classes and probabilities per image",
+        description="One row per image (.jsonl or .csv, by the extension of --out), streamed in batches. "
+        "Images get the transform evaluation uses, at the model card's input size.",
+    )
+    pr.add_argument("--run-dir", required=True, type=Path)
+    pr.add_argument(
+        "--iteration", type=int, help="model of this iteration (default: the run's current teacher)"
+    )
+    src = pr.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", type=Path, help="folder of image files (searched recursively)")
+    src.add_argument("--split", help="a split of the data set, e.g. test or unlabeled")
+    pr.add_argument("--data", type=Path, help="with --split: data set folder (default: the run's)")
+    pr.add_argument("--out", required=True, type=Path, help="FILE.jsonl or FILE.csv")
+    pr.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    pr.add_argument("--batch-size", type=int, default=256)
+    pr.add_argument("--workers", type=int, default=0, help="DataLoader worker processes that decode")
+    pr.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    pr.add_argument(
+        "--skip-corrupt", action="store_true", help="write a row marked skipped for unreadable images"
+    )
+    pr.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
+    ex = sub.add_parser(
+        "export",
+        help="export a trained model to ONNX or TorchScript, with its model card beside it",
+        description="Writes OUT and OUT.json (the model card with the preprocessing "
+        "the model expects: input size, mean/std, class names). The batch axis is dynamic.",
+    )
+    ex.add_argument("--run-dir", required=True, type=Path)
+    ex.add_argument(
+        "--iteration", type=int, help="model of this iteration (default: the run's current teacher)"
+    )
+    ex.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    ex.add_argument("--out", required=True, type=Path)
+    ex.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
     st = sub.add_parser("status", help="one row per iteration of a run")
     st.add_argument("--run-dir", required=True, type=Path)
     st.add_argument("--json", action="store_true", help="print exactly one JSON object")
@@ -186,6 +237,26 @@ def cmd_data(args: argparse.Namespace) -> None:
         )
     sizes = ", ".join(f"{name} {split.total}" for name, split in info.splits.items())
     print(f"{args.out}: {info.num_classes} classes, {sizes} images")
+
+
+def cmd_teacher(args: argparse.Namespace) -> None:
+    (cmd_teacher_import if args.action == "import" else cmd_teacher_train)(args)
+
+
+def cmd_teacher_import(args: argparse.Namespace) -> None:
+    from selftrain.data.dataset_info import load_dataset
+    from selftrain.device import resolve_device
+    from selftrain.runstore import RunStore
+    from teachers.imported import import_teacher
+
+    store = RunStore(args.run_dir)
+    data = args.data or (store.data_dir() if store.exists() else None)
+    if data is None:
+        raise SelftrainError(f"--data: {args.run_dir} is a new run directory; name the data set folder")
+    dataset = load_dataset(data)
+    cfg = store.open(data, args.config, _runtime_overrides(args))
+    import_teacher(store, dataset, cfg, resolve_device(cfg.device), args.weights, args.model)
+    print_status(store, as_json=False)
 
 
 def cmd_teacher_train(args: argparse.Namespace) -> None:
@@ -429,6 +500,87 @@ def cmd_status(args: argparse.Namespace) -> None:
     print_status(RunStore(args.run_dir), as_json=args.json)
 
 
+def cmd_predict(args: argparse.Namespace) -> None:
+    from selftrain.data.dataset_info import load_dataset
+    from selftrain.device import resolve_device
+    from selftrain.predict import ImageFolderItems, SplitItems, output_format, predict
+    from selftrain.runstore import RunStore
+    from selftrain.saved_model import load_saved_model
+
+    output_format(args.out)  # refuse a bad --out before loading anything
+    if args.top_k < 1 or args.batch_size < 1 or args.workers < 0:
+        raise SelftrainError("--top-k and --batch-size must be at least 1, --workers at least 0")
+    store = RunStore(args.run_dir)
+    cfg = store.config()
+    device = resolve_device(args.device or cfg.device)
+    if args.images is not None:
+        if not args.images.is_dir():
+            raise SelftrainError(f"--images {args.images}: folder not found")
+        if args.data is not None:
+            raise SelftrainError("--data goes with --split, not --images")
+    saved = load_saved_model(store, args.iteration, device)
+    if args.images is not None:
+        source, id_field, extra, total = (
+            ImageFolderItems(args.images, saved.image_size, saved.in_chans),
+            "path",
+            [],
+            None,
+        )
+    else:
+        dataset = load_dataset(args.data or store.data_dir())
+        if dataset.info.classes != saved.classes or dataset.info.channels != saved.in_chans:
+            raise SelftrainError(
+                f"{dataset.index_path}: its classes or channels differ from iteration {saved.iteration}'s "
+                "model card; predict on the data set the model was trained on, or use --images"
+            )
+        source = SplitItems(
+            dataset,
+            args.split,
+            saved.image_size,
+            verify=cfg.data.verify_checksums,
+            skip_corrupt=args.skip_corrupt,
+        )
+        labeled = source.split.labeled
+        source_fields = ["shard", *(["label"] if labeled else [])]
+        id_field, extra, total = "key", source_fields, source.split.total
+    out = predict(
+        saved,
+        source,
+        args.out,
+        id_field=id_field,
+        extra_fields=extra,
+        device=device,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        skip_corrupt=args.skip_corrupt,
+        total=total,
+    )
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(
+            f"{out['out']}: {out['predicted']} images predicted by iteration {out['iteration']}"
+            + (f", {out['skipped']} unreadable (rows marked skipped)" if out["skipped"] else "")
+            + f" in {out['seconds']:.1f} s"
+        )
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    import torch
+
+    from selftrain.export import export_model
+    from selftrain.runstore import RunStore
+    from selftrain.saved_model import load_saved_model
+
+    saved = load_saved_model(RunStore(args.run_dir), args.iteration, torch.device("cpu"))
+    out = export_model(saved, args.format, args.out)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{out['out']}: iteration {out['iteration']} as {out['format']}; model card {out['card']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -438,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.INFO)
     handlers = {
         "data": cmd_data,
-        "teacher": cmd_teacher_train,
+        "teacher": cmd_teacher,
         "eval": cmd_eval,
         "pseudolabel": cmd_pseudolabel,
         "run": cmd_run,
@@ -446,6 +598,8 @@ def main(argv: list[str] | None = None) -> int:
         "serve": cmd_serve,
         "compare": cmd_compare,
         "status": cmd_status,
+        "predict": cmd_predict,
+        "export": cmd_export,
     }
     try:
         handlers[args.command](args)

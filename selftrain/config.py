@@ -96,6 +96,12 @@ class TeacherConfig(TrainConfig):
         "labels un-noised either way.",
     )
     randaugment_ops: int = Field(2, ge=1, le=6, description="RandAugment operations per image.")
+    init_weights: str | None = Field(
+        None,
+        description="Start the backbone from these weights: a .safetensors file or a timm/PyTorch "
+        "checkpoint (read with weights_only=True, never unpickled). The classifier is made anew for "
+        "the data set's classes; tensors that do not fit are reported in one line. None = from scratch.",
+    )
 
 
 class StudentConfig(TrainConfig):
@@ -293,6 +299,16 @@ class DistributedConfig(_Strict):
     )
 
 
+class TensorBoardConfig(_Strict):
+    """Scalars of every training stage under RUN/tb/iter-K-ROLE/ (`selftrain/tblog.py`)."""
+
+    enabled: bool = Field(
+        True,
+        description="Write losses, learning rates, val accuracy and throughput for TensorBoard "
+        "(`tensorboard --logdir RUN/tb`); may change when a run is resumed.",
+    )
+
+
 class RunConfig(_Strict):
     recipe: Literal["digits", "photos"] = Field(
         "digits",
@@ -309,6 +325,7 @@ class RunConfig(_Strict):
     pseudolabel: PseudoLabelConfig = Field(default_factory=PseudoLabelConfig)
     mpl: MPLConfig = Field(default_factory=MPLConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    tensorboard: TensorBoardConfig = Field(default_factory=TensorBoardConfig)
 
 
 def _describe(error: dict[str, Any]) -> str:

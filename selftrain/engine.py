@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from selftrain import distributed
 from selftrain.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from selftrain.errors import SelftrainError
+from selftrain.tblog import ScalarLog
 
 log = logging.getLogger("selftrain.engine")
 
@@ -73,6 +74,12 @@ class TrainLoop:
     # False: the final weights are the result (val too small to choose; `stage.keeps_best`). Val is
     # still evaluated every `eval_every` steps for the curves.
     keep_best: bool = True
+    # Samples one step trains on (global), for the throughput scalars.
+    samples_per_step: int | None = None
+    # TensorBoard scalars (`selftrain.tblog`); `train_and_record` opens one per stage when the config asks.
+    scalar_log: ScalarLog | None = None
+    # Scalars that describe the whole stage (a student's filter kept share), logged once at its start.
+    static_scalars: dict[str, float] = field(default_factory=dict)
 
     def _resume(self) -> tuple[int, dict[str, Any], dict[str, torch.Tensor]] | None:
         for path in reversed(list_checkpoints(self.checkpoint_dir)):
@@ -136,9 +143,14 @@ class TrainLoop:
             )
             distributed.barrier()
 
+        tb = self.scalar_log if main else None
+        if tb is not None:
+            tb.open(start)
         if self.evaluate_at_start and restored is None:
             best_score, best_step = self.evaluate(), 0
             history.append({"step": 0, "val_accuracy": best_score})
+            if tb is not None:
+                tb.evaluation(0, best_score)
         it = self.batches(start)
         bar = tqdm(
             total=self.steps,
@@ -167,6 +179,8 @@ class TrainLoop:
                     raise SelftrainError(
                         f"{self.desc}: loss became {metrics.get('loss')} at step {step}; lower the learning rate"
                     )
+                if tb is not None:
+                    tb.step(step + 1, metrics, self.optimizers)
                 for k, v in metrics.items():
                     running[k] = running.get(k, 0.0) + float(v)
                 since += 1
@@ -177,6 +191,8 @@ class TrainLoop:
                         model_.train()
                     row = {"step": done, **{k: v / since for k, v in running.items()}, "val_accuracy": score}
                     history.append(row)
+                    if tb is not None:
+                        tb.evaluation(done, score)
                     running, since = {}, 0
                     if score >= best_score or not self.keep_best:
                         best_score, best_step = score, done
@@ -200,6 +216,8 @@ class TrainLoop:
                     checkpoint(done)
         finally:
             bar.close()
+            if tb is not None:
+                tb.close()
         return TrainResult(
             best_state=best_state,
             best_score=best_score,

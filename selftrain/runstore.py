@@ -41,6 +41,7 @@ RUNTIME_KEYS = {
     "pseudolabel.task_runner",
     "pseudolabel.dask_address",
     "pseudolabel.dask_workers",
+    "tensorboard.enabled",
 }
 
 
@@ -127,6 +128,7 @@ class RunStore:
                         }
                     ),
                     "distributed": requested.distributed,
+                    "tensorboard": requested.tensorboard,
                     "pseudolabel": saved.pseudolabel.model_copy(
                         update={
                             "task_runner": requested.pseudolabel.task_runner,

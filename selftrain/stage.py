@@ -25,6 +25,7 @@ from selftrain.engine import TrainLoop
 from selftrain.evaluate import EvalResult, evaluate
 from selftrain.modelcard import build_card
 from selftrain.runstore import RunStore
+from selftrain.tblog import stage_log
 from selftrain.transforms import eval_transform
 
 log = logging.getLogger("selftrain.stage")
@@ -120,6 +121,10 @@ def train_and_record(
     Every rank calls this (and `save_also`, which evaluates on every rank and writes on rank 0).
     """
     main = distributed.is_main()
+    if main and loop.scalar_log is None:
+        loop.scalar_log = stage_log(
+            cfg, store.root, iteration, role, loop.samples_per_step, loop.static_scalars
+        )
     if main:
         store.mark_stage(iteration, "train", "running", role=role, model=architecture)
     try:

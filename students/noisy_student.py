@@ -104,6 +104,18 @@ def noisy_student_step(
     }
 
 
+def selection_scalars(selection: dict[str, Any]) -> dict[str, float]:
+    """The filter's kept share and the selection's size, for TensorBoard (`selftrain.tblog`)."""
+    stats = selection.get("stats") or {}
+    if not stats.get("images"):
+        return {}
+    return {
+        "pseudo/filter_kept_fraction": stats["confident"] / stats["images"],
+        "pseudo/selected_images": float(stats["selected_images"]),
+        "pseudo/selected_copies": float(stats["selected_copies"]),
+    }
+
+
 def _init_from(student: torch.nn.Module, teacher_weights: dict[str, torch.Tensor]) -> int:
     """Copy every teacher tensor whose name and shape match; returns how many were copied."""
     own = student.state_dict()
@@ -279,6 +291,8 @@ def train_student(
         desc=f"student iter {iteration}",
         progress_hooks=progress_hooks or [],
         keep_best=keeps_best(sc.selection, dataset, "student.selection"),
+        samples_per_step=sc.batch_size + pseudo_batch,
+        static_scalars=selection_scalars(setup.selection),
     )
     accuracy = (setup.selection.get("stats") or {}).get("accuracy") or {}
     return train_and_record(

@@ -213,6 +213,7 @@ def train_mpl(
         desc="meta pseudo labels",
         progress_hooks=progress_hooks or [],
         keep_best=keeps_best(mc.selection, dataset, "mpl.selection"),
+        samples_per_step=mc.batch_size + mu_batch,  # labeled + unlabeled images (each in two views)
         get_extra_state=lambda: {"baseline": baseline.value, "baseline_initialised": baseline.initialised},
         set_extra_state=lambda s: (
             setattr(baseline, "value", s["baseline"]),

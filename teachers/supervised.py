@@ -12,6 +12,8 @@ the gradients, so the update is the one-process update on the whole batch).
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 
@@ -27,6 +29,8 @@ from selftrain.optim import build_optimizer, build_scheduler
 from selftrain.runstore import RunStore
 from selftrain.stage import keeps_best, train_and_record, val_scorer
 from selftrain.transforms import train_transform
+
+log = logging.getLogger("selftrain.teacher")
 
 
 def supervised_step(
@@ -73,6 +77,17 @@ def train_teacher(
         drop_path_rate=train.drop_path_rate,
         field="teacher.model",
     )
+    card_extra = {}
+    if train.init_weights:
+        from selftrain.atomic import sha256_file
+        from selftrain.pretrained import init_backbone, read_weights
+
+        state = read_weights(train.init_weights, "teacher.init_weights")
+        log.info(init_backbone(model, state, train.init_weights, dataset.info.num_classes))
+        card_extra = {
+            "init_weights": train.init_weights,
+            "init_weights_sha256": sha256_file(train.init_weights),
+        }
     return train_supervised(
         store,
         dataset,
@@ -86,6 +101,7 @@ def train_teacher(
         seed=cfg.seed + iteration,
         desc=f"teacher iter {iteration}",
         progress_hooks=progress_hooks,
+        card_extra=card_extra,
         batch_field="teacher.batch_size",
     )
 
@@ -139,6 +155,7 @@ def train_supervised(
         progress_hooks=progress_hooks or [],
         evaluate_at_start=evaluate_at_start,
         keep_best=keeps_best(train.selection, dataset, batch_field.removesuffix("batch_size") + "selection"),
+        samples_per_step=train.batch_size,
     )
     return train_and_record(
         store=store,

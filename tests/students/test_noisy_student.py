@@ -31,6 +31,34 @@ def test_every_step_takes_b_labeled_and_r_times_b_pseudo_labeled(run_copy):
     assert card["pseudo_label_accuracy"] is not None
 
 
+def test_teacher_and_student_write_tensorboard_scalars(run_copy):
+    from selftrain.tblog import read_scalars, stage_log, tb_dir
+
+    teacher = read_scalars(tb_dir(run_copy, 0, "teacher"))  # the fixture's teacher (30 steps)
+    assert [s for s, _ in teacher["train/loss"]] == list(range(1, 31))
+    assert len(teacher["lr/model"]) == 30 and teacher["lr/model"][0][1] < teacher["lr/model"][4][1]  # warm-up
+    assert all(v > 0 for _, v in teacher["throughput/samples_per_s"])
+    assert [v for _, v in teacher["val/accuracy"]] == pytest.approx(
+        [r["val_accuracy"] for r in RunStore(run_copy).card(0)["loss_curve"]]
+    )
+
+    card = _train(run_copy)
+    student = read_scalars(tb_dir(run_copy, 1, "student"))
+    assert [s for s, _ in student["val/accuracy"]] == [6, 12]
+    assert [v for _, v in student["pseudo/share_of_batch"]] == pytest.approx([12 / 16] * 12)
+    stats = read_selection(RunStore(run_copy), 0)["stats"]
+    ((_, kept),) = student["pseudo/filter_kept_fraction"]
+    assert kept == pytest.approx(stats["confident"] / stats["images"])
+    losses = [v for _, v in student["train/loss"]]  # one value per step; the card keeps their means
+    assert len(losses) == 12
+    assert [sum(losses[:6]) / 6, sum(losses[6:]) / 6] == pytest.approx(
+        [r["loss"] for r in card["loss_curve"]], rel=1e-5
+    )
+
+    off = load_config(None, ["tensorboard.enabled=false"])
+    assert stage_log(off, run_copy, 1, "student", 16) is None
+
+
 def test_ratio_schedule_is_per_iteration():
     cfg = load_config(None, ["student.unlabeled_ratio=[14, 28]"])
     assert [cfg.student.for_iteration(cfg.student.unlabeled_ratio, k) for k in (1, 2, 3, 7)] == [

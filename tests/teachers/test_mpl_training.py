@@ -67,6 +67,22 @@ def test_finetune_never_lowers_val_accuracy(mpl_run):
     assert card["loss_curve"][0]["step"] == 0  # the starting weights were scored first
 
 
+def test_mpl_stages_write_tensorboard_scalars(mpl_run):
+    from selftrain.tblog import read_scalars, tb_dir
+
+    joint = read_scalars(tb_dir(mpl_run, 2, "mpl-student"))
+    for tag in ("train/teacher_mpl", "train/student_loss", "train/feedback_h", "lr/teacher", "lr/student"):
+        assert len(joint[tag]) == 16, tag
+    assert [s for s, _ in joint["val/accuracy"]] == [8, 16]
+    student = RunStore(mpl_run).card(2)
+    assert [v for _, v in joint["val/accuracy"]] == pytest.approx(
+        [r["val_accuracy"] for r in student["loss_curve"]]
+    )
+    finetune = read_scalars(tb_dir(mpl_run, 3, "mpl-finetuned"))
+    assert [s for s, _ in finetune["val/accuracy"]] == [0, 4, 8]  # the start is scored first
+    assert len(finetune["train/loss"]) == 8 and len(finetune["throughput/samples_per_s"]) == 8
+
+
 @pytest.mark.integration
 def test_killed_mpl_run_resumes_to_the_same_result(digits_master, tmp_path):
     run = tmp_path / "run"
