@@ -6,20 +6,20 @@ data set serves models of several input resolutions (the student ladder grows th
 The ops work on PIL images and call PIL directly. torchvision's v2 transform classes do the same pixel work but spend 20-50 us per image and op in
 their dispatch machinery; for the small images semi-supervised recipes start from that is more
 than the warp itself, and with 224 noised images per student step it costs as much as the model.
-Random parameters come from Python's `random` (restored with every checkpoint, seeded per
-DataLoader worker), which costs a tenth of drawing them as torch tensors.
+Random parameters come from Python generators (`selftrain.augment_rng`: per thread, seeded by
+the stream once per batch), which costs a tenth of drawing them as torch tensors.
 """
 
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
+from selftrain import augment_rng
 from selftrain.config import AugmentConfig
 
 MEAN, STD = 0.5, 0.5
@@ -92,10 +92,10 @@ class RandomAffineResize:
         if w > self.size or h > self.size:
             image = self._shrink(image)
             w, h = image.size
-        angle = math.radians(random.uniform(-self.degrees, self.degrees))
-        zoom = random.uniform(*self.scale)
-        tx = random.uniform(-self.translate, self.translate) * self.size
-        ty = random.uniform(-self.translate, self.translate) * self.size
+        angle = math.radians(augment_rng.py().uniform(-self.degrees, self.degrees))
+        zoom = augment_rng.py().uniform(*self.scale)
+        tx = augment_rng.py().uniform(-self.translate, self.translate) * self.size
+        ty = augment_rng.py().uniform(-self.translate, self.translate) * self.size
         # Output pixel p maps back to the input at c_in + R(-angle) (p - c_out - t) / (zoom * k),
         # k = the resize factor per axis; PIL samples at pixel centres, so centres are side / 2.
         cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
@@ -110,7 +110,7 @@ class RandomAffineResize:
 
 class RandomHorizontalFlip:
     def __call__(self, image: Image.Image) -> Image.Image:
-        if random.random() < 0.5:
+        if augment_rng.py().random() < 0.5:
             return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return image
 
@@ -131,7 +131,8 @@ class RandomPadCrop:
         pixels = np.asarray(self._resize(image))
         pad = ((self.pad, self.pad), (self.pad, self.pad)) + (((0, 0),) if pixels.ndim == 3 else ())
         padded = np.pad(pixels, pad, mode="reflect")
-        x, y = random.randint(0, 2 * self.pad), random.randint(0, 2 * self.pad)
+        rng = augment_rng.py()
+        x, y = rng.randint(0, 2 * self.pad), rng.randint(0, 2 * self.pad)
         return Image.fromarray(np.ascontiguousarray(padded[y : y + self.size, x : x + self.size]))
 
 

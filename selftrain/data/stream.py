@@ -29,7 +29,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
-from selftrain import distributed
+from selftrain import augment_rng, distributed
 from selftrain.data.dataset_info import Dataset
 from selftrain.data.shards import SkipCounter, decode_sample
 from selftrain.data.tar_reader import iter_shard_fast
@@ -266,17 +266,13 @@ class SplitStream(IterableDataset):
         return self._output(self.transform(d.image), d, raw)
 
     def _seed_augmentation(self, epoch: int, slot: int, position: int) -> None:
-        """Seed the process-global RNGs that augmentation draws from, once per batch of a reader.
+        """Seed augmentation's generators (`selftrain.augment_rng`) once per batch of a reader.
 
-        Augmentation (ours and timm's RandAugment, which draws from `random` and `np.random`)
-        then depends only on the stream's seed and the position in its epoch, not on what else
-        the process drew before: a flow (whose Prefect threads run beside training), a resumed
-        run and a repeated run all augment the same batch the same way. Once per batch, because
-        reseeding costs ~10 us per generator. A resumed stream starts at a batch boundary.
+        Augmentation then depends only on the stream's seed and the position in its epoch, not
+        on what ran before or beside it: a flow, a resumed run and a repeated run augment the same
+        batch the same way. Once per batch, because reseeding costs ~10 us per generator.
         """
-        seed = zlib.crc32(f"augment-{self.seed}-{epoch}-{slot}-{position}".encode())
-        random.seed(seed)
-        np.random.seed(seed)
+        augment_rng.seed(zlib.crc32(f"augment-{self.seed}-{epoch}-{slot}-{position}".encode()))
 
     def __iter__(self):
         rank, world, worker, workers = reader_info()

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from selftrain import augment_rng
 from selftrain.config import AugmentConfig
 from selftrain.transforms import (
     RandomAffineResize,
@@ -61,14 +62,49 @@ def test_affine_without_motion_is_a_resize():
     assert np.abs(np.asarray(still, dtype=np.int16) - plain)[4:-4, 4:-4].mean() < 8
 
 
-def test_affine_is_random_seeded_by_python_random_and_shrinks_large_images_first():
+def test_affine_is_seeded_by_the_augmentation_generators_and_shrinks_large_images_first():
     image = _digit(8)
     augment = AugmentConfig(rotate_degrees=20, translate=0.2, scale_min=0.8, scale_max=1.2)
     transform = train_transform(32, 1, augment)
-    random.seed(3)
+    augment_rng.seed(3)
     first = [transform(image) for _ in range(3)]
-    random.seed(3)
+    augment_rng.seed(3)
+    random.seed(99)  # the process-global generator plays no part
     again = [transform(image) for _ in range(3)]
-    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))  # checkpoints restore it
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     assert not torch.equal(first[0], first[1])
     assert RandomAffineResize(32, 10, 0.1, (0.9, 1.1))(_digit(100)).size == (32, 32)
+
+
+def test_randaugment_is_not_moved_by_other_threads_drawing_global_random():
+    """Prefect's background threads draw from `random`/`np.random` mid-batch; augmentation must not see it."""
+    import threading
+
+    from selftrain.noise import noised_transform
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    noisy = noised_transform(32, 3, AugmentConfig(hflip=True, pad_crop=0.125), magnitude=15, num_ops=3)
+
+    def run(disturb: bool) -> list[torch.Tensor]:
+        stop = threading.Event()
+
+        def noise() -> None:
+            while not stop.is_set():
+                random.random(), np.random.random()
+
+        thread = threading.Thread(target=noise)
+        if disturb:
+            thread.start()
+        augment_rng.seed(7)
+        out = []
+        for _ in range(30):
+            random.random(), np.random.choice(4)  # draws in this thread too, between images
+            out.append(noisy(image))
+        stop.set()
+        if disturb:
+            thread.join()
+        return out
+
+    quiet, busy = run(False), run(True)
+    assert all(torch.equal(a, b) for a, b in zip(quiet, busy, strict=True))
+    assert len({t.numpy().tobytes() for t in quiet}) > 20  # still random from image to image
