@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -428,6 +429,10 @@ def _ladder_rows(store, rows: list[dict]) -> list[dict]:
 
 def cmd_run(args: argparse.Namespace) -> None:
     from selftrain.report import format_table
+
+    # Without PREFECT_API_URL the flow starts Prefect's ephemeral server, whose default 20 s start-up
+    # limit fails on a busy machine (seen while training ran beside it); a minute more costs nothing.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
     config = ([str(args.config)] if args.config else []) + _runtime_overrides(args)
     common = {
