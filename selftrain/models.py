@@ -9,8 +9,10 @@ from selftrain.errors import SelftrainError
 
 
 def _register_project_models() -> None:
-    """The project's own named models (the EfficientNet ladder) join timm's registry on import."""
+    """The project's own named models (the EfficientNet ladder, the deeper resnet10t copies) join
+    timm's registry on import."""
     import selftrain.ladder  # noqa: F401
+    import selftrain.resnet_ladder  # noqa: F401
 
 
 def build_model(
