@@ -11,7 +11,7 @@ from selftrain.errors import SelftrainError
 def _register_project_models() -> None:
     """The project's own named models (the EfficientNet ladder, the deeper resnet10t copies) join
     timm's registry on import."""
-    import selftrain.ladder  # noqa: F401
+    import selftrain.ladder
     import selftrain.resnet_ladder  # noqa: F401
 
 
