@@ -385,9 +385,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def _command_line() -> str:
     """This command as the run directory's lock names it to a refused writer."""
-    words = [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv else ["selftrain"]
-    text = " ".join(words)
-    return f"`{text[:200]}`"
+    text = " ".join(["selftrain", *sys.argv[1:]])  # also under `python -m selftrain.cli`
+    return f"`{text if len(text) <= 200 else text[:197] + '...'}`"
 
 
 def cmd_compare(args: argparse.Namespace) -> None:

@@ -70,13 +70,41 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def read_holder(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The record the current (or last) holder wrote, or None."""
+def _read_record(fd: int) -> list[dict[str, Any]]:
     try:
-        text = lock_path(run_dir).read_text()
-        return json.loads(text) if text.strip() else None
-    except (OSError, ValueError):
-        return None
+        data = os.pread(fd, 1 << 16, 0)
+        holders = json.loads(data).get("holders", []) if data.strip() else []
+        return [h for h in holders if isinstance(h, dict)]
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def _write_record(fd: int, holders: list[dict[str, Any]]) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps({"holders": holders}) + "\n").encode(), 0)
+
+
+def _live(holder: dict[str, Any]) -> bool:
+    """A holder on another host cannot be checked and counts as live."""
+    return holder.get("host") != socket.gethostname() or _pid_alive(int(holder.get("pid", -1)))
+
+
+def read_holders(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of the processes that hold (or last held) the lock, newest last."""
+    try:
+        fd = os.open(lock_path(run_dir), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return []
+    try:
+        return _read_record(fd)
+    finally:
+        os.close(fd)
+
+
+def read_holder(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The newest holder's record, or None."""
+    holders = read_holders(run_dir)
+    return holders[-1] if holders else None
 
 
 def describe_holder(holder: dict[str, Any] | None) -> str:
@@ -86,9 +114,11 @@ def describe_holder(holder: dict[str, Any] | None) -> str:
     return f"{holder.get('by', 'a selftrain process')} (pid {holder.get('pid')} on {holder.get('host')}, since {since})"
 
 
-def _refusal(run_dir: Path, holder: dict[str, Any] | None) -> RunDirInUse:
+def _refusal(run_dir: Path, holders: list[dict[str, Any]]) -> RunDirInUse:
+    live = [h for h in holders if _live(h)] or holders[-1:]
+    who = " and ".join(describe_holder(h) for h in live) if live else describe_holder(None)
     return RunDirInUse(
-        f"{run_dir}: in use by {describe_holder(holder)}; wait for it to finish or stop it "
+        f"{run_dir}: in use by {who}; wait for it to finish or stop it "
         "(the next run resumes where it stopped), or use another --run-dir"
     )
 
@@ -101,9 +131,9 @@ def _try_lock(fd: int, shared: bool = False) -> bool:
         return False
 
 
-def _orphans_let_go(fd: int, holder: dict[str, Any] | None, shared: bool) -> bool:
-    """When the recorded holder has exited, wait briefly for its forked children to drop the lock."""
-    if not holder or holder.get("host") != socket.gethostname() or _pid_alive(int(holder.get("pid", -1))):
+def _orphans_let_go(fd: int, holders: list[dict[str, Any]], shared: bool) -> bool:
+    """When every recorded holder has exited, wait briefly for their forked children to let go."""
+    if not holders or any(_live(h) for h in holders):
         return False
     deadline = time.monotonic() + ORPHAN_WAIT_S
     while time.monotonic() < deadline:
@@ -130,13 +160,12 @@ def acquire(run_dir: str | os.PathLike, by: str, shared: bool = False) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock_path(run_dir), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         try:
-            if not _try_lock(fd, shared) and not _orphans_let_go(fd, read_holder(run_dir), shared):
-                raise _refusal(run_dir, read_holder(run_dir))
+            if not _try_lock(fd, shared) and not _orphans_let_go(fd, _read_record(fd), shared):
+                raise _refusal(run_dir, _read_record(fd))
             record = {"by": by, "pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-            if shared:
-                record["shared"] = True
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+            # Shared holders (labelers of disjoint shards) list themselves beside the live others.
+            others = [h for h in _read_record(fd) if _live(h) and h.get("shared")] if shared else []
+            _write_record(fd, [*others, {**record, "shared": shared}])
         except BaseException:
             os.close(fd)
             raise
@@ -153,8 +182,11 @@ def release(run_dir: str | os.PathLike) -> None:
         if held.count > 0:
             return
         del _held[key]
-        # The record stays for the curious (`describe_holder` of the last writer); the lock goes.
-        os.close(held.fd)
+        with contextlib.suppress(OSError):  # a shared holder takes itself off the list
+            others = [h for h in _read_record(held.fd) if h.get("pid") != os.getpid()]
+            if others:
+                _write_record(held.fd, others)
+        os.close(held.fd)  # the record of the last exclusive writer stays; the lock goes
 
 
 def holds(run_dir: str | os.PathLike) -> bool:
