@@ -82,13 +82,19 @@ def test_two_cli_runs_on_one_run_directory(tmp_path, digits_master):
     first = subprocess.Popen(
         [sys.executable, "-m", "selftrain.cli", "run", "noisy-student", "--data", str(digits_master),
          "--run-dir", str(run_dir), "--set", "teacher.steps=5000", "--set", "teacher.checkpoint_every=5000"],
-        env={**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "prefect")},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "PREFECT_HOME": str(tmp_path / "prefect"),
+            # On a busy machine the temporary Prefect server may take longer than its 30 s default.
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600",
+        },
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "first.log", "w"), start_new_session=True,  # noqa: SIM115
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 300
         while not (run_dir / "manifest.json").exists() or runlock.read_holder(run_dir) is None:
-            assert first.poll() is None, "the first run ended early"
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
             assert time.monotonic() < deadline, "the first run never opened its run directory"
             time.sleep(0.5)
         holder = runlock.read_holder(run_dir)
@@ -102,7 +108,7 @@ def test_two_cli_runs_on_one_run_directory(tmp_path, digits_master):
         assert_one_error_line(labeler, f"pid {first.pid}")
         status = selftrain("status", "--run-dir", str(run_dir))
         assert status.returncode == 0, status.stderr
-        assert first.poll() is None, "the refused writers must not disturb the first run"
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
