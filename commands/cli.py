@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from selftrain.errors import SelftrainError
@@ -261,6 +262,7 @@ def cmd_teacher_import(args: argparse.Namespace) -> None:
 
 
 def cmd_teacher_train(args: argparse.Namespace) -> None:
+    from selftrain import runlock
     from selftrain.data.dataset_info import load_dataset
     from selftrain.device import resolve_device
     from selftrain.runstore import RunStore
@@ -268,17 +270,18 @@ def cmd_teacher_train(args: argparse.Namespace) -> None:
 
     dataset = load_dataset(args.data)
     store = RunStore(args.run_dir)
-    cfg = store.open(args.data, args.config, _runtime_overrides(args))
-    if store.stage_state(0, "train") == "done":
-        print(f"{store.iter_dir(0)}: teacher already trained; nothing to do")
-    elif cfg.distributed.nproc_per_node > 1:
-        from selftrain.launch import launch_training
+    with runlock.hold(args.run_dir, by=_command_line()):
+        cfg = store.open(args.data, args.config, _runtime_overrides(args))
+        if store.stage_state(0, "train") == "done":
+            print(f"{store.iter_dir(0)}: teacher already trained; nothing to do")
+        elif cfg.distributed.nproc_per_node > 1:
+            from selftrain.launch import launch_training
 
-        launch_training(
-            "teacher", store.root, cfg, on_line=lambda line: print(line, file=sys.stderr, flush=True)
-        )
-    else:
-        train_teacher(store, dataset, cfg, resolve_device(cfg.device))
+            launch_training(
+                "teacher", store.root, cfg, on_line=lambda line: print(line, file=sys.stderr, flush=True)
+            )
+        else:
+            train_teacher(store, dataset, cfg, resolve_device(cfg.device))
     print_status(store, as_json=False)
 
 
@@ -320,6 +323,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_pseudolabel(args: argparse.Namespace) -> None:
     from pseudolabel.iteration import pseudolabel_iteration
     from pseudolabel.label_shards import resolve_shards
+    from selftrain import runlock
     from selftrain.data.dataset_info import load_dataset
     from selftrain.device import resolve_device
     from selftrain.runstore import RunStore
@@ -328,13 +332,15 @@ def cmd_pseudolabel(args: argparse.Namespace) -> None:
     store.manifest()  # a clear error when RUN is not a run directory
     cfg = store.config()
     shards = resolve_shards(load_dataset(store.data_dir()), args.shards)
-    out = pseudolabel_iteration(
-        store,
-        args.iteration,
-        shards=shards,
-        device=resolve_device(args.device or cfg.device),
-        skip_corrupt=True if args.skip_corrupt else None,
-    )
+    # Labelers of disjoint --shards may work side by side (pseudolabel/iteration.py); not beside a run.
+    with runlock.hold(args.run_dir, by=_command_line(), shared=bool(args.shards)):
+        out = pseudolabel_iteration(
+            store,
+            args.iteration,
+            shards=shards,
+            device=resolve_device(args.device or cfg.device),
+            skip_corrupt=True if args.skip_corrupt else None,
+        )
     if args.json:
         print(json.dumps(out))
         return
@@ -428,29 +434,42 @@ def _ladder_rows(store, rows: list[dict]) -> list[dict]:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from selftrain import runlock
     from selftrain.report import format_table
+    from selftrain.run_inputs import check_inputs, check_loop_options, open_run
 
     # Without PREFECT_API_URL the flow starts Prefect's ephemeral server, whose default 20 s start-up
     # limit fails on a busy machine (seen while training ran beside it); a minute more costs nothing.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
+    if args.loop != "noisy-student" and (args.iterations != 1 or args.from_iteration is not None):
+        raise SelftrainError("--iterations/--from-iteration: only for noisy-student")
     config = ([str(args.config)] if args.config else []) + _runtime_overrides(args)
     common = {
         "run_dir": str(args.run_dir),
         "data": str(args.data) if args.data else None,
         "config": config or None,
     }
-    if args.loop == "noisy-student":
-        from flows.noisy_student import noisy_student
+    # Inputs and the lock are checked before Prefect is imported: a typo costs one line, no server.
+    check_inputs(**common)
+    with runlock.hold(args.run_dir, by=_command_line()):
+        ctx = open_run(**common)
+        if args.loop == "noisy-student":
+            check_loop_options(ctx.store, args.iterations, args.from_iteration)
+            from flows.noisy_student import noisy_student
 
-        rows = noisy_student(**common, iterations=args.iterations, from_iteration=args.from_iteration)
-    else:
-        if args.iterations != 1 or args.from_iteration is not None:
-            raise SelftrainError("--iterations/--from-iteration: only for noisy-student")
-        from flows.meta_pseudo_labels import meta_pseudo_labels
+            rows = noisy_student(**common, iterations=args.iterations, from_iteration=args.from_iteration)
+        else:
+            from flows.meta_pseudo_labels import meta_pseudo_labels
 
-        rows = meta_pseudo_labels(**common)
+            rows = meta_pseudo_labels(**common)
     print(format_table(rows))
+
+
+def _command_line() -> str:
+    """This command as the run directory's lock names it to a refused writer."""
+    text = " ".join(["selftrain", *sys.argv[1:]])  # also under `python -m commands.cli`
+    return f"`{text if len(text) <= 200 else text[:197] + '...'}`"
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -609,6 +628,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         handlers[args.command](args)
     except SelftrainError as exc:
+        if args.verbose:
+            traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -17,8 +17,10 @@ from prefect import flow, get_run_logger, task
 
 from flows.artifacts import ProgressArtifact, publish_run_report
 from flows.noisy_student import evaluate_task, train_teacher_task
-from flows.run_context import open_run, reopen
+from flows.run_context import flow_run_holder, input_errors_fail_the_run, open_run, reopen
+from selftrain import runlock
 from selftrain.config import RunConfig
+from selftrain.run_inputs import check_inputs
 from teachers.mpl_training import FINETUNED_IT, STUDENT_IT, TEACHER_IT, finetune_student, train_mpl
 
 
@@ -49,6 +51,7 @@ def finetune_task(run_dir: str, cfg: RunConfig) -> dict[str, Any]:
 
 
 @flow(name="meta-pseudo-labels", validate_parameters=True)
+@input_errors_fail_the_run
 def meta_pseudo_labels(
     run_dir: str,
     data: str | None = None,
@@ -64,14 +67,16 @@ def meta_pseudo_labels(
         config: YAML config file path, or inline overrides such as {"mpl.steps": 300} or
             "mpl.steps=300,seed=1", or a list of a path and/or "key=value" items.
     """
-    ctx = open_run(run_dir, data, config)
-    store, cfg = ctx.store, ctx.cfg
-    if store.stage_state(0, "train") != "done":
-        train_teacher_task(run_dir, cfg)
-    mpl_train_task(run_dir, cfg)
-    finetune_task(run_dir, cfg)
-    for k in (0, TEACHER_IT, STUDENT_IT, FINETUNED_IT):
-        if store.stage_state(k, "evaluate") != "done":
-            evaluate_task(run_dir, cfg, k)
-    publish_run_report(store, "meta-pseudo-labels")
-    return store.status_rows()
+    check_inputs(run_dir, data, config)
+    with runlock.hold(run_dir, by=flow_run_holder()):
+        ctx = open_run(run_dir, data, config)
+        store, cfg = ctx.store, ctx.cfg
+        if store.stage_state(0, "train") != "done":
+            train_teacher_task(run_dir, cfg)
+        mpl_train_task(run_dir, cfg)
+        finetune_task(run_dir, cfg)
+        for k in (0, TEACHER_IT, STUDENT_IT, FINETUNED_IT):
+            if store.stage_state(k, "evaluate") != "done":
+                evaluate_task(run_dir, cfg, k)
+        publish_run_report(store, "meta-pseudo-labels")
+        return store.status_rows()

@@ -19,7 +19,7 @@ from prefect import flow, get_run_logger, task, unmapped
 from prefect.context import FlowRunContext
 
 from flows.artifacts import ProgressArtifact, publish_iteration_summary, publish_run_report
-from flows.run_context import open_run, reopen
+from flows.run_context import flow_run_holder, input_errors_fail_the_run, open_run, reopen
 from flows.task_runners import (
     check_scheduler_reachable,
     one_gpu_per_task,
@@ -28,9 +28,11 @@ from flows.task_runners import (
 )
 from pseudolabel.label_shards import label_shards
 from pseudolabel.selection import write_selection
+from selftrain import runlock
 from selftrain.config import RunConfig
 from selftrain.evaluate import EvalResult
 from selftrain.report import write_accuracy_plot
+from selftrain.run_inputs import RunContext, check_inputs, check_loop_options
 from selftrain.stage import evaluate_split
 from students.noisy_student import train_student
 from teachers.supervised import train_teacher
@@ -139,6 +141,7 @@ def run_pseudolabel_stage(run_dir: str, cfg: RunConfig, teacher_iteration: int, 
 
 
 @flow(name="noisy-student", validate_parameters=True)
+@input_errors_fail_the_run
 def noisy_student(
     run_dir: str,
     data: str | None = None,
@@ -160,12 +163,22 @@ def noisy_student(
             teacher (iteration 0) is trained first when the run has none and does not count.
         from_iteration: Start a new branch from saved iteration K: iterations after K are moved to
             RUN/branches/ and a new K+1 is trained.
+
+    The flow run holds the run directory's lock (`selftrain.runlock`) from start to end; bad input
+    (data set, config, run directory, a second writer) ends it Failed with a one-line message.
     """
-    if iterations < 1:
-        raise ValueError(f"iterations: must be at least 1 (got {iterations})")
+    check_inputs(run_dir, data, config)
+    with runlock.hold(run_dir, by=flow_run_holder()):
+        ctx = open_run(run_dir, data, config)
+        check_loop_options(ctx.store, iterations, from_iteration)
+        return train_iterations(ctx, iterations, from_iteration)
+
+
+def train_iterations(ctx: RunContext, iterations: int, from_iteration: int | None) -> list[dict[str, Any]]:
+    """The flow's body, once its inputs are open: teacher if missing, then `iterations` students."""
     logger = get_run_logger()
-    ctx = open_run(run_dir, data, config)
     store, cfg = ctx.store, ctx.cfg
+    run_dir = str(store.root)
     if from_iteration is not None:
         archive = store.branch_from(from_iteration)
         logger.info("branching from iteration %d; later iterations moved to %s", from_iteration, archive)

@@ -10,6 +10,7 @@ It reads only (key, class, confidence) from the sidecars: a few bytes per image.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -127,7 +128,18 @@ def read_selection(store: RunStore, iteration: int) -> dict[str, Any]:
         raise SelftrainError(
             f"{path}: no selection yet; run `selftrain pseudolabel --run-dir {store.root} --iteration {iteration}`"
         )
+    relabel = f"run `selftrain pseudolabel --run-dir {store.root} --iteration {iteration}` to label it again"
+    data = path.read_bytes()
+    recorded = store.iteration(iteration).get("stages", {}).get("pseudolabel", {}).get("artifacts", {})
+    if recorded.get(SELECTION) and hashlib.sha256(data).hexdigest() != recorded[SELECTION]:
+        raise SelftrainError(f"{path}: damaged (sha256 differs from {store.manifest_path}); {relabel}")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise SelftrainError(f"{path}: unreadable; delete it and run `selftrain pseudolabel` again") from None
+        selection = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise SelftrainError(f"{path}: unreadable; delete it and {relabel}") from None
+    # The sidecars the selection was built from are read again by the student: same bytes or nothing.
+    for name, sha in selection.get("sidecars", {}).items():
+        sidecar = path.parent / name
+        if not sidecar.is_file() or atomic.sha256_file(sidecar) != sha:
+            raise SelftrainError(f"{sidecar}: missing or damaged (sha256 differs from {path}); {relabel}")
+    return selection

@@ -36,9 +36,14 @@ def _umask() -> int:
 
 
 def _explain_os_error(path: Path, exc: OSError) -> SelftrainError:
-    if exc.errno == errno.ENOSPC:
-        return SelftrainError(f"{path}: disk full while writing; free space and run the same command again")
-    return SelftrainError(f"{path}: cannot write ({exc.strerror or exc}); check the folder and permissions")
+    kept = "the previous file kept" if path.exists() else "nothing written"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # EFBIG: a file size limit (ulimit -f)
+        return SelftrainError(
+            f"{path}: disk full while writing ({exc.strerror}), {kept}; free space and run the same command again"
+        )
+    return SelftrainError(
+        f"{path}: cannot write ({exc.strerror or exc}), {kept}; check the folder and permissions"
+    )
 
 
 @contextlib.contextmanager

@@ -4,6 +4,9 @@ A checkpoint is a folder, written whole or not at all (`atomic_dir`): `tensors.s
 every tensor (model weights, optimizer moments, RNG states, the best weights so far) and
 `state.json` everything else (step, optimizer hyper-parameters, scheduler position, history).
 Nothing is unpickled on load, so a checkpoint handed over by someone else cannot run code.
+`checksums.json`, written last inside the folder, holds both files' sha256: a checkpoint damaged
+after it was written (a truncated or altered file) is refused on load, and the trainer falls back
+to the previous one (`selftrain.engine`), which the model card then records.
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from selftrain import atomic
 from selftrain.errors import SelftrainError
 
 PREFIX = "step-"
+CHECKSUMS = "checksums.json"
+FILES = ("tensors.safetensors", "state.json")
 
 
 def _split_optimizer(name: str, sd: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -107,6 +113,8 @@ def save_checkpoint(
     with atomic.atomic_dir(target) as tmp:
         save_file(tensors, str(tmp / "tensors.safetensors"))
         (tmp / "state.json").write_text(json.dumps(meta))
+        sums = {name: atomic.sha256_file(tmp / name) for name in FILES}
+        (tmp / CHECKSUMS).write_text(json.dumps(sums))
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
@@ -118,6 +126,26 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
 
 
+def verify_checkpoint(path: Path) -> None:
+    """Raise a one-line `SelftrainError` unless every file matches the sha256 recorded with it."""
+    sums_path = path / CHECKSUMS
+    if not sums_path.is_file():  # checkpoints written before checksums were recorded
+        return
+    try:
+        sums = json.loads(sums_path.read_text())
+    except ValueError:
+        sums = None
+    if not isinstance(sums, dict):
+        raise SelftrainError(f"{sums_path}: unreadable; delete {path} to resume from the previous checkpoint")
+    for name in FILES:
+        file = path / name
+        if not file.is_file() or atomic.sha256_file(file) != sums.get(name):
+            raise SelftrainError(
+                f"{file}: {'missing' if not file.is_file() else 'sha256 differs from ' + CHECKSUMS} "
+                f"(damaged after it was written); delete {path} to resume from the previous checkpoint"
+            )
+
+
 def load_checkpoint(
     path: Path,
     *,
@@ -126,6 +154,7 @@ def load_checkpoint(
     schedulers: dict[str, Any],
 ) -> tuple[int, dict[str, Any], dict[str, torch.Tensor]]:
     """Restore everything in place; return (step, state, extra tensors)."""
+    verify_checkpoint(path)
     try:
         tensors = load_file(str(path / "tensors.safetensors"))
         meta = json.loads((path / "state.json").read_text())
@@ -136,7 +165,7 @@ def load_checkpoint(
             opt.load_state_dict(_join_optimizer(name, tensors, meta["optimizers"][name]))
         for name, sched in schedulers.items():
             sched.load_state_dict(meta["schedulers"][name])
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
         raise SelftrainError(
             f"{path}: checkpoint cannot be loaded ({type(exc).__name__}: {str(exc)[:120]}); "
             "delete this folder to resume from the previous checkpoint"

@@ -47,6 +47,8 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
     world_size: int = 1
     resumed_world_size: int | None = None  # the world size that wrote the checkpoint resumed from
+    # Damaged checkpoints passed over on resume (newest first): "step-00000040: <why>".
+    damaged_checkpoints: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -82,6 +84,8 @@ class TrainLoop:
     static_scalars: dict[str, float] = field(default_factory=dict)
 
     def _resume(self) -> tuple[int, dict[str, Any], dict[str, torch.Tensor]] | None:
+        """The newest checkpoint that loads; damaged ones are passed over, logged and recorded."""
+        self._damaged: list[str] = []
         for path in reversed(list_checkpoints(self.checkpoint_dir)):
             try:
                 return load_checkpoint(
@@ -89,6 +93,7 @@ class TrainLoop:
                 )
             except SelftrainError as exc:
                 log.warning("%s; trying an older checkpoint", exc)
+                self._damaged.append(f"{path.name}: {exc}")
         return None
 
     def run(self) -> TrainResult:
@@ -227,6 +232,7 @@ class TrainLoop:
             resumed_from=resumed_from,
             world_size=distributed.world_size(),
             resumed_world_size=resumed_world_size,
+            damaged_checkpoints=self._damaged,
         )
 
 

@@ -13,6 +13,7 @@ is reading the manifest. Prefect state is a convenience on top, never the record
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -28,6 +29,7 @@ from selftrain.config import RunConfig, config_differences, config_to_yaml, load
 from selftrain.errors import SelftrainError
 
 MANIFEST = "manifest.json"
+PREVIOUS_MANIFEST = "manifest.prev.json"  # the version before the last write, for a damaged manifest
 CONFIG = "config.yaml"
 WEIGHTS = "model.safetensors"
 CARD = "model.json"
@@ -43,6 +45,12 @@ RUNTIME_KEYS = {
     "pseudolabel.dask_workers",
     "tensorboard.enabled",
 }
+
+
+def _manifest_checksum(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's content (all but this field), so an altered manifest is noticed."""
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -76,17 +84,34 @@ class RunStore:
 
     # -- manifest -----------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
+        """The manifest, checked: a truncated or altered one is refused, never used."""
         if not self.exists():
             raise SelftrainError(
                 f"{self.root}: not a run directory (no {MANIFEST}); start one with `selftrain teacher train`"
             )
         try:
-            return json.loads(self.manifest_path.read_text())
-        except json.JSONDecodeError:
-            raise SelftrainError(f"{self.manifest_path}: unreadable; restore it from a backup") from None
+            manifest = json.loads(self.manifest_path.read_text())
+            damaged = not isinstance(manifest, dict) or (
+                "checksum" in manifest and manifest["checksum"] != _manifest_checksum(manifest)
+            )
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            damaged = True
+        if damaged:
+            fix = (
+                f"the version before the last update is {PREVIOUS_MANIFEST}: copy it over {MANIFEST} and run "
+                "again (the last recorded step is redone)"
+                if (self.root / PREVIOUS_MANIFEST).is_file()
+                else "restore it from a backup or start a new --run-dir"
+            )
+            raise SelftrainError(f"{self.manifest_path}: damaged (truncated or altered); {fix}")
+        return manifest
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
-        atomic.write_json(self.manifest_path, manifest)
+        """Keep the current manifest as manifest.prev.json, then write the new one, both atomic."""
+        if self.manifest_path.is_file():
+            atomic.write_bytes(self.root / PREVIOUS_MANIFEST, self.manifest_path.read_bytes())
+        manifest = {k: v for k, v in manifest.items() if k != "checksum"}
+        atomic.write_json(self.manifest_path, {**manifest, "checksum": _manifest_checksum(manifest)})
 
     def open(self, data_dir: Path, config_file: str | None, overrides: list[str]) -> RunConfig:
         """Create the run directory, or reopen it and check the config and data agree."""
@@ -184,10 +209,22 @@ class RunStore:
         return {WEIGHTS: weights_sha, CARD: card_sha}
 
     def card(self, k: int) -> dict[str, Any]:
+        """Iteration k's model card, checked against the sha256 the manifest recorded for it."""
         path = self.iter_dir(k) / CARD
         if not path.is_file():
             raise SelftrainError(self._missing_model(k))
-        return json.loads(path.read_text())
+        data = path.read_bytes()
+        expected = self.iteration(k).get("stages", {}).get("train", {}).get("artifacts", {}).get(CARD)
+        try:
+            card = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            card = None
+        if card is None or (expected and hashlib.sha256(data).hexdigest() != expected):
+            raise SelftrainError(
+                f"{path}: damaged (sha256 differs from {self.manifest_path}); retrain iteration {k} in a new "
+                "run directory, or branch before it with --from-iteration"
+            )
+        return card
 
     def _missing_model(self, k: int) -> str:
         done = [

@@ -153,6 +153,8 @@ def train_and_record(
             extra={
                 "resumed_from_step": result.resumed_from,
                 "resumed_from_world_size": result.resumed_world_size,
+                # A damaged checkpoint is never used: the card says which were passed over.
+                "damaged_checkpoints_skipped": result.damaged_checkpoints,
                 **card_extra(),
             },
         )

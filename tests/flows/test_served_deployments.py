@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from selftrain import runlock
 from selftrain.checkpoint import list_checkpoints
 from tests.conftest import QUICK_TEACHER
 from tests.flows.prefect_processes import PrefectServer, ServeProcess, run_deployment
@@ -238,3 +239,58 @@ def test_killed_serve_process_then_a_new_run_finishes_the_iteration(server, serv
     while server.flow_run(killed_run)["state"]["type"] != "CRASHED":
         assert time.monotonic() < deadline, f"killed run still {server.flow_run(killed_run)['state']}"
         time.sleep(2)
+
+
+# -- one writer per run directory, and input errors shown as the run's state -----------------------
+def test_second_deployment_run_on_a_busy_run_dir_fails_naming_the_first(
+    server, serve, digits_master, tmp_path
+):
+    """Two `noisy-student/iter` runs on one run_dir: the second ends Failed, its state message the
+    one-line refusal naming the first flow run; the first is undisturbed."""
+    run_dir = tmp_path / "busy"
+    params = {"run_dir": str(run_dir), "data": str(digits_master), "config": {**CONFIG, "teacher.steps": 300}}
+    _, first, _ = run_deployment(server, "noisy-student/iter", params, watch=False)
+    deadline = time.monotonic() + 300
+    while runlock.read_holder(run_dir) is None:
+        assert time.monotonic() < deadline, "the first run never took the run directory's lock"
+        assert server.flow_run(first)["state"]["type"] not in ("COMPLETED", "FAILED", "CRASHED")
+        time.sleep(0.5)
+    holder = runlock.read_holder(run_dir)
+    assert first in holder["by"] and "noisy-student" in holder["by"]
+
+    code, second, output = run_deployment(server, "noisy-student/iter", params)
+    assert code == 1, output[-3000:]
+    state = server.flow_run(second)["state"]
+    assert state["type"] == "FAILED"
+    assert state["message"].startswith(f"{run_dir}: in use by deployment run of noisy-student")
+    assert first in state["message"] and "\n" not in state["message"]
+    assert server.flow_run(first)["state"]["type"] not in ("FAILED", "CRASHED")
+
+    # No need to train it out: cancel the first (serve stops its process; the lock goes with it).
+    server.post(f"/flow_runs/{first}/set_state", {"state": {"type": "CANCELLING"}, "force": True})
+    deadline = time.monotonic() + 120
+    while server.flow_run(first)["state"]["type"] != "CANCELLED":
+        assert time.monotonic() < deadline, server.flow_run(first)["state"]
+        time.sleep(1)
+
+
+@pytest.mark.parametrize(
+    ("params", "fragment"),
+    [
+        ({"data": "/nonexistent/digits"}, "/nonexistent/digits/dataset.json: not found"),
+        ({"config": {"teacher.stpes": 3}}, "teacher.stpes: unknown key"),
+    ],
+    ids=["missing-data", "config-typo"],
+)
+def test_input_errors_fail_the_deployment_run_with_the_line_as_state_message(
+    server, serve, digits_master, tmp_path, params, fragment
+):
+    run_dir = tmp_path / "run"
+    code, run_id, output = run_deployment(
+        server, "noisy-student/iter", {"run_dir": str(run_dir), "data": str(digits_master), **params}
+    )
+    assert code == 1, output[-3000:]
+    state = server.flow_run(run_id)["state"]
+    assert state["type"] == "FAILED"
+    assert fragment in state["message"] and "\n" not in state["message"]
+    assert "Traceback" not in state["message"] and not run_dir.exists()

@@ -1,0 +1,97 @@
+"""A loop's inputs (data set, config, run directory, options) checked and opened, without Prefect.
+
+    selftrain run noisy-student --data data/digits --run-dir runs/demo --set teacher.stpes=3
+    error: --set teacher.stpes: unknown key ...          # before any Prefect server or flow starts
+
+`selftrain run` calls `open_run` and `check_loop_options` under the run directory's lock before it
+imports the flows, so a typo costs one line and no traceback; the flows call the same functions
+first thing, so a served deployment run fails on the same inputs with the same line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from selftrain.config import RunConfig, load_config
+from selftrain.data.dataset_info import Dataset, load_dataset
+from selftrain.device import resolve_device
+from selftrain.errors import SelftrainError
+from selftrain.runstore import RunStore
+
+
+@dataclass
+class RunContext:
+    store: RunStore
+    dataset: Dataset
+    cfg: RunConfig
+    device: torch.device
+
+
+def config_arguments(config: str | dict[str, Any] | list[str] | None) -> tuple[str | None, list[str]]:
+    """A flow's `config` parameter: a YAML path, or inline overrides as a mapping or `key=value` list."""
+    if config is None or config == "" or config == {}:
+        return None, []
+    if isinstance(config, str):
+        if "=" in config and not Path(config).exists():
+            return None, [part.strip() for part in config.split(",") if part.strip()]
+        return config, []
+    if isinstance(config, dict):
+        return None, [f"{k}={json.dumps(v)}" for k, v in config.items()]
+    paths = [c for c in config if "=" not in c]
+    if len(paths) > 1:
+        raise SelftrainError(f"config: at most one config file, got {paths}")
+    return (paths[0] if paths else None), [c for c in config if "=" in c]
+
+
+def check_inputs(run_dir: str, data: str | None = None, config: str | dict | list | None = None) -> None:
+    """Everything `open_run` checks that needs no writing: call it before taking the run's lock,
+    so a typo does not even create the run directory."""
+    store = RunStore(run_dir)
+    if data is None and not store.exists():
+        raise SelftrainError(
+            f"data: required to start a new run in {run_dir} (a data set folder with dataset.json)"
+        )
+    load_dataset(data if data is not None else store.data_dir())
+    load_config(*config_arguments(config))
+
+
+def open_run(run_dir: str, data: str | None = None, config: str | dict | list | None = None) -> RunContext:
+    """Create or reopen `run_dir`; `data` may be omitted once the run directory records it.
+
+    Creates the run directory when it is new: call it while holding the run's lock.
+    """
+    store = RunStore(run_dir)
+    if data is None:
+        if not store.exists():
+            raise SelftrainError(
+                f"data: required to start a new run in {run_dir} (a data set folder with dataset.json)"
+            )
+        data = str(store.data_dir())
+    dataset = load_dataset(data)
+    config_file, overrides = config_arguments(config)
+    cfg = store.open(Path(data), config_file, overrides)
+    return RunContext(store=store, dataset=dataset, cfg=cfg, device=resolve_device(cfg.device))
+
+
+def reopen(run_dir: str, cfg: RunConfig) -> RunContext:
+    """Inside a task: the run exists and records its data; `cfg` is the flow's resolved config."""
+    store = RunStore(run_dir)
+    return RunContext(
+        store=store, dataset=load_dataset(store.data_dir()), cfg=cfg, device=resolve_device(cfg.device)
+    )
+
+
+def check_loop_options(store: RunStore, iterations: int = 1, from_iteration: int | None = None) -> None:
+    """The Noisy Student loop's own options, checked before anything is trained or moved."""
+    if iterations < 1:
+        raise SelftrainError(f"iterations: must be at least 1 (got {iterations})")
+    if from_iteration is not None and from_iteration not in store.iterations_done():
+        raise SelftrainError(
+            f"from_iteration={from_iteration}: iteration {from_iteration} has no trained model in "
+            f"{store.root}; trained: {store.iterations_done()}"
+        )
