@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def selftrain(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "selftrain.cli", *args],
+        [sys.executable, "-m", "commands.cli", *args],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": "/nonexistent/prefect-home"},
@@ -80,7 +80,7 @@ def test_two_cli_runs_on_one_run_directory(tmp_path, digits_master):
     `status` still reads; once the first is killed the lock is free again at once."""
     run_dir = tmp_path / "run"
     first = subprocess.Popen(
-        [sys.executable, "-m", "selftrain.cli", "run", "noisy-student", "--data", str(digits_master),
+        [sys.executable, "-m", "commands.cli", "run", "noisy-student", "--data", str(digits_master),
          "--run-dir", str(run_dir), "--set", "teacher.steps=5000", "--set", "teacher.checkpoint_every=5000"],
         env={
             **os.environ,

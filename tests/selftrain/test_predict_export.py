@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from selftrain.cli import main
+from commands.cli import main
 from selftrain.data.dataset_info import load_dataset
 from selftrain.data.stream import SplitStream
 from selftrain.runstore import RunStore

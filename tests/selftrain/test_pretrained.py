@@ -11,7 +11,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from selftrain.cli import main
+from commands.cli import main
 from selftrain.errors import SelftrainError
 from selftrain.models import build_model
 from selftrain.pretrained import init_backbone, read_weights

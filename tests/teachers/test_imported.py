@@ -7,7 +7,7 @@ import json
 import torch
 from safetensors.torch import save_file
 
-from selftrain.cli import main
+from commands.cli import main
 from selftrain.models import build_model
 from selftrain.runstore import RunStore
 
