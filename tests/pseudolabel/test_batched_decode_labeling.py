@@ -111,3 +111,23 @@ def test_corrupt_jpeg_fails_naming_it_or_is_skipped(make_run, jpeg_data):
         result.shards[0].skipped == 1
         and result.shards[0].samples == dataset.split("unlabeled").shards[0].samples - 1
     )
+
+
+@pytest.mark.gpu
+def test_cuda_labels_match_cpu_labels(make_run, jpeg_data):
+    """Labeling on CUDA (JPEGs decoded by nvJPEG, bf16 autocast) against the CPU's PIL path."""
+    runs = {}
+    for device, mode in ((CPU, "pil"), (torch.device("cuda"), "auto")):
+        store = make_run(name=device.type, data=jpeg_data)
+        _set_decode(store, mode)
+        assert (
+            label_shards(store, load_dataset(jpeg_data), 0, None, store.config(), device).labeled_images
+            == 1207
+        )
+        runs[device.type] = _labels(store)
+    keys = sorted(runs["cpu"])
+    assert keys == sorted(runs["cuda"])
+    cpu = np.stack([runs["cpu"][k] for k in keys])
+    cuda = np.stack([runs["cuda"][k] for k in keys])
+    assert (cpu.argmax(1) == cuda.argmax(1)).mean() >= 0.97
+    assert np.abs(cpu - cuda).mean() < 0.02

@@ -90,3 +90,17 @@ def test_only_real_jpegs_are_batched():
 def test_resize_of_the_input_size_is_the_identity():
     x = torch.randint(0, 256, (2, 3, 12, 12), dtype=torch.uint8)
     assert resize_batch(x, 12) is x
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("side", "size", "channels"), [(224, 224, 3), (224, 32, 3), (96, 48, 1)])
+def test_cuda_batched_decode_matches_pil(side, size, channels):
+    """nvJPEG's decoder and upsampling differ from libjpeg-turbo's in rounding, not in content."""
+    rng = np.random.default_rng(2)
+    encoded = [_jpeg(_photo(rng, side, side, channels)) for _ in range(16)]
+    batch, kept = decode_resize(encoded, size=size, channels=channels, device=torch.device("cuda"))
+    assert batch.is_cuda and kept == list(range(16))
+    reference = torch.stack([_pil_path(b, size, channels) for b in encoded])
+    diff = (batch.cpu().int() - reference.int()).abs().float()
+    assert diff.mean().item() < 1.5, diff.mean()
+    assert diff.quantile(0.999).item() <= 12, diff.max()
