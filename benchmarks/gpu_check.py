@@ -15,7 +15,8 @@ one rare GPU session yields everything that works; the exit code is 1 if any par
    against the model alone on in-memory tensors, in a fresh process each) on 32x32 PNG shards of
    the dev photos and on 224x224 JPEG shards of the same photos upscaled, the JPEGs decoded on the
    GPU (`data.decode: batched`) and, for comparison, on the CPU (`pil`).
-4. `photos`: the dev photos (`../shared/data/cifar10-dev-2796.npz`, skipped when absent) imported
+4. `photos`: the dev photos (`../shared/data/cifar10-dev-2796.npz`, or `.gpu/data/` where
+   `gpu_carry.sh` put them for the GPU machine; skipped when absent) imported
    with `selftrain data import` from an ImageFolder tree of JPEGs (25 labels per class, 600 test
    images, the rest unlabeled), then teacher + one iteration as for digits.
 5. `train_student`: `benchmarks/train_student.py` on the digits run of part 2.
@@ -50,7 +51,9 @@ sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != 
 
 import torch  # noqa: E402
 
-PHOTOS = REPO.parent / "shared" / "data" / "cifar10-dev-2796.npz"
+# The dev photos: beside the repository, or carried to the GPU machine in .gpu/data/ (gpu_carry.sh).
+PHOTO_PLACES = [REPO.parent / "shared" / "data", REPO / ".gpu" / "data"]
+PHOTOS_NAME = "cifar10-dev-2796.npz"
 PARTS = ("tests", "digits", "labeling", "photos", "train_student")
 
 # Sizes: GPU (a 6-minute budget on one H200) and --cpu (about a minute on 2 cores).
@@ -79,10 +82,10 @@ SIZES = {
             "student.checkpoint_every=6",
             "pseudolabel.confidence_threshold=0.0",  # a 12-step teacher is rarely confident
         ],
-        "png_images": 1000,
-        "jpeg_images": 300,
+        "png_images": 512,
+        "jpeg_images": 256,
         "jpeg_side": 64,
-        "per_shard": 250,
+        "per_shard": 128,
         "label_workers": 0,
         "student_steps": 10,
         "student_workers": (0,),
@@ -226,9 +229,10 @@ def part_digits(ctx: dict) -> dict:
 
 
 def _load_photos() -> dict[str, np.ndarray]:
-    if not PHOTOS.exists():
-        raise PartSkipped(f"{PHOTOS}: not found (the dev photos are read from ../shared/data/)")
-    with np.load(PHOTOS) as z:
+    path = next((d / PHOTOS_NAME for d in PHOTO_PLACES if (d / PHOTOS_NAME).exists()), None)
+    if path is None:
+        raise PartSkipped(f"{PHOTOS_NAME}: not in {' or '.join(map(str, PHOTO_PLACES))}")
+    with np.load(path) as z:
         return {"images": z["images"], "labels": z["labels"], "classes": z["classes"]}
 
 
@@ -340,7 +344,7 @@ def part_labeling(ctx: dict) -> dict:
     sizes, device = ctx["sizes"], ctx["device"].type
     photos = _load_photos()["images"]
     out = {}
-    pngs = [_encode(p, "PNG") for p in photos]
+    pngs = [_encode(p, "PNG") for p in photos[: min(len(photos), sizes["png_images"])]]
     side = sizes["jpeg_side"]
     jpegs = [_encode(p, "JPEG", side) for p in photos[: min(len(photos), sizes["jpeg_images"])]]
     cases = [

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Build .whl/ (git-ignored): the wheels the GPU machine lacks, for `benchmarks/gpu_check.sh` there.
+# Build .gpu/ (git-ignored), what `benchmarks/gpu_check.sh` needs on the GPU machine beside the tree:
+# .gpu/wheels/ (the wheels that machine lacks) and .gpu/data/ (the dev photos, which live outside
+# the repository in ../shared/data/ and so do not travel with the tree).
 #
-#   bash benchmarks/gpu_wheels.sh        # then: device run with carry [".whl"] (docs/gpu.md)
+#   bash benchmarks/gpu_carry.sh         # then: device run with carry [".gpu"] (docs/gpu.md)
 #
 # The GPU machine has Python 3.12 with torch 2.11, torchvision 0.26, timm, numpy, pillow, pyyaml,
 # safetensors, scikit-learn, matplotlib and pytest, and no network. The project's code outside
@@ -15,7 +17,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 PYVER=${PYVER:-3.12}
-DEST=${DEST:-.whl}
+DEST=${DEST:-.gpu/wheels}
+PHOTOS=../shared/data/cifar10-dev-2796.npz
 NAMES="pydantic pydantic-core annotated-types typing-inspection typing-extensions webdataset braceexpand timm"
 PINS=$("$PY" - $NAMES <<'PYEOF'
 import sys
@@ -24,6 +27,13 @@ print(" ".join(f"{n}=={version(n)}" for n in sys.argv[1:]))
 PYEOF
 )
 rm -rf "$DEST" && mkdir -p "$DEST"
+if [ "$DEST" = .gpu/wheels ]; then
+  if [ -f "$PHOTOS" ]; then
+    mkdir -p .gpu/data && cp "$PHOTOS" .gpu/data/
+  else
+    echo "note: $PHOTOS not found; the GPU check will skip its photo parts" >&2
+  fi
+fi
 # shellcheck disable=SC2086
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
@@ -65,6 +75,6 @@ size = sum(w.stat().st_size for w in wheels) / 2**20
 print(f"{dest}: {len(wheels)} wheels, {size:.1f} MiB: " + ", ".join(w.name for w in wheels))
 if missing:
     sys.exit("error: incomplete wheel set:\n  " + "\n  ".join(missing))
-if size > 40:
+if size > 40:  # the tree, .gpu/data (8 MiB of photos) and the wheels travel: 64 MiB in all
     sys.exit(f"error: {dest} is {size:.1f} MiB; the tree that travels must stay under 64 MiB")
 PYEOF
