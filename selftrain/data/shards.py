@@ -225,7 +225,7 @@ def decode_sample(raw: dict, *, channels: int, num_classes: int, labeled: bool) 
     if image.mode != mode:
         image = image.convert(mode)
     label = parse_label(raw, num_classes) if labeled else None
-    return DecodedSample(key=key, image=image, label=label, shard=Path(url).name)
+    return DecodedSample(key=key, image=image, label=label, shard=url.rsplit("/", 1)[-1])  # no Path per image
 
 
 def parse_label(raw: dict, num_classes: int) -> int:

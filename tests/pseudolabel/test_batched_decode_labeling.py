@@ -84,14 +84,15 @@ def test_batched_eval_equals_pil_eval(make_run, jpeg_data):
     model = build_model(card["architecture"], num_classes=card["num_classes"], in_chans=card["in_chans"])
     model.load_state_dict(weights)
     model = prepare_model(model, CPU)
-    results = {}
-    for mode in ("pil", "batched"):
-        cfg = store.config()
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"decode": mode})})
-        results[mode], skipped = evaluate_split(model, dataset, "test", cfg, CPU, card["input_size"][-1])
-        assert skipped == 0
-    assert results["pil"].count == results["batched"].count == dataset.split("test").total
-    assert abs(results["pil"].top1 - results["batched"].top1) <= 2 / results["pil"].count
+    for split in ("test", "val"):  # test: JPEGs; val: PNGs, which the batched path decodes with PIL
+        results = {}
+        for mode in ("pil", "batched"):
+            cfg = store.config()
+            cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"decode": mode})})
+            results[mode], skipped = evaluate_split(model, dataset, split, cfg, CPU, card["input_size"][-1])
+            assert skipped == 0
+        assert results["pil"].count == results["batched"].count == dataset.split(split).total
+        assert abs(results["pil"].top1 - results["batched"].top1) <= 2 / results["pil"].count
 
 
 def test_corrupt_jpeg_fails_naming_it_or_is_skipped(make_run, jpeg_data):
