@@ -19,6 +19,7 @@ WHEELS=${WHEELS:-.gpu/wheels}
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 if compgen -G "$WHEELS/*.whl" >/dev/null; then
   SITE=$(mktemp -d /tmp/selftrain-site.XXXXXX)
+  trap 'rm -rf "$SITE"' EXIT
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$WHEELS"/*.whl 2>&1 | tee "$LOG"
   export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 else
