@@ -22,7 +22,8 @@ one rare GPU session yields everything that works; the exit code is 1 if any par
 5. `train_student`: `benchmarks/train_student.py` on the digits run of part 2.
 
 Peak GPU memory is recorded per part and overall. `--cpu` runs everything on the CPU with small
-sizes and few steps (about a minute on 2 cores), so the script cannot rot between GPU sessions.
+sizes and few steps (a minute or two on 2 idle cores; about 10 minutes at load average 11), so the
+script cannot rot between GPU sessions.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ PHOTO_PLACES = [REPO.parent / "shared" / "data", REPO / ".gpu" / "data"]
 PHOTOS_NAME = "cifar10-dev-2796.npz"
 PARTS = ("tests", "digits", "labeling", "photos", "train_student")
 
-# Sizes: GPU (a 6-minute budget on one H200) and --cpu (about a minute on 2 cores).
+# Sizes: GPU (a 6-minute budget on one H200) and --cpu (small: the code paths, not the figures).
 SIZES = {
     "gpu": {
         "train": [],  # the CLI's default recipe, untouched
