@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/train_student.py          # a table
     .venv/bin/python benchmarks/train_student.py --json   # one JSON object
+    python benchmarks/train_student.py --json --device cuda --from-run RUN   # gpu_check.sh's call
 
 Builds, in a temporary folder, the digits data set, the default teacher (the default recipe in
 full, so the balanced selection is the demo's: with a briefly trained teacher few images pass the
@@ -52,21 +53,38 @@ def _timed(step, batch_of, steps: int) -> float:
     start = time.perf_counter()
     for s in range(steps):
         step(batch_of(s), s)
+    if torch.cuda.is_initialized():  # CUDA runs ahead of the host: time what it finished
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
-def measure(work: Path, steps: int, iteration: int, workers: int) -> dict:
-    data = work / "digits"
-    build_digits(data)
-    store = RunStore(work / "run")
-    overrides = [f"data.num_workers={workers}"]
-    cfg = store.open(data, None, overrides)
+def measure(
+    work: Path,
+    steps: int,
+    iteration: int,
+    workers: int,
+    device_name: str = "cpu",
+    from_run: Path | None = None,
+) -> dict:
+    """`from_run`: an existing run whose iteration 0 is trained and labeled (no setup here)."""
+    device = torch.device(device_name)
     started = time.perf_counter()
-    dataset = load_dataset(data)
-    device = torch.device("cpu")
-    train_teacher(store, dataset, cfg, device)
-    pseudolabel_iteration(store, 0, device=device)
+    if from_run is not None:
+        store = RunStore(from_run)
+        cfg = store.config()
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"num_workers": workers})})
+        dataset = load_dataset(store.data_dir())
+    else:
+        data = work / "digits"
+        build_digits(data)
+        store = RunStore(work / "run")
+        cfg = store.open(data, None, [f"data.num_workers={workers}", f"device={device_name}"])
+        dataset = load_dataset(data)
+        train_teacher(store, dataset, cfg, device)
+        pseudolabel_iteration(store, 0, device=device)
     setup_seconds = time.perf_counter() - started
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
 
     setup = prepare_student(store, dataset, cfg, device, iteration)
     stream = setup.batches(0)
@@ -120,6 +138,8 @@ def measure(work: Path, steps: int, iteration: int, workers: int) -> dict:
         "selected_images": sum(1 for c in setup.selection["copies"].values() if c),
         "unlabeled_images": dataset.split("unlabeled").total,
         "setup_seconds": round(setup_seconds, 1),
+        "device": device.type,
+        "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device.type == "cuda" else 0.0,
     }
 
 
@@ -133,13 +153,17 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=0, help="DataLoader worker processes (data.num_workers)"
     )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the steps run")
+    parser.add_argument(
+        "--from-run", type=Path, help="reuse this run's trained, labeled iteration 0 instead of building one"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("TQDM_DISABLE", "1")
     with tempfile.TemporaryDirectory(prefix="bench-student-") as tmp:
         if args.iteration > 1:
             raise SystemExit("--iteration > 1 needs a trained iteration 1; measure iteration 1")
-        result = measure(Path(tmp), args.steps, args.iteration, args.workers)
+        result = measure(Path(tmp), args.steps, args.iteration, args.workers, args.device, args.from_run)
     if args.json:
         print(json.dumps(result))
         return

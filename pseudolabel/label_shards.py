@@ -10,7 +10,9 @@ mode, temperature); a shard interrupted midway has no completeness record and is
 
 The pipeline streams: read shard -> decode -> resize (per image, in DataLoader workers when
 `data.num_workers` > 0) -> normalize + forward + softmax (per batch) -> append to the sidecar.
-Memory holds a few batches, whatever the number of images.
+Memory holds a few batches, whatever the number of images. On a GPU (`data.decode` auto or
+batched), JPEG images skip the CPU decode: their bytes are decoded and resized in batches on the
+device (`selftrain.data.batch_decode`), other formats take the path above.
 """
 
 from __future__ import annotations
@@ -41,9 +43,11 @@ from pseudolabel.sidecar import (
 from pseudolabel.teacher_model import Teacher, load_teacher
 from selftrain import atomic
 from selftrain.config import PseudoLabelConfig, RunConfig
+from selftrain.data.batch_decode import decode_resize, use_batched_decode
 from selftrain.data.dataset_info import Dataset, ShardEntry
+from selftrain.data.shards import decode_sample
 from selftrain.device import to_device
-from selftrain.errors import SelftrainError
+from selftrain.errors import CorruptSampleError, SelftrainError
 from selftrain.runstore import RunStore
 
 log = logging.getLogger("pseudolabel")
@@ -302,6 +306,7 @@ def _label(
     out_dir: Path,
 ) -> dict[int, ShardOutcome]:
     per_image, per_batch = split_eval_transform(teacher.image_size, dataset.info.channels)
+    batched = use_batched_decode(cfg.data.decode, teacher.device)
     stream = ShardBatches(
         dataset,
         todo,
@@ -309,6 +314,7 @@ def _label(
         cfg.pseudolabel.batch_size,
         verify_checksums=cfg.data.verify_checksums,
         skip_corrupt=skip_corrupt,
+        keep_jpeg=batched,
     )
     loader = DataLoader(
         stream,
@@ -321,6 +327,7 @@ def _label(
     entries = dict(todo)
     open_sidecars: dict[int, _OpenSidecar] = {}
     done: dict[int, ShardOutcome] = {}
+    skipped_here: dict[int, int] = {}  # JPEGs that failed on the device and in PIL (--skip-corrupt)
     try:
         for batch in loader:
             if batch.error is not None:
@@ -329,14 +336,69 @@ def _label(
             if sidecar is None:
                 sidecar = _OpenSidecar(out_dir, entries[batch.shard], spec, teacher.iteration)
                 open_sidecars[batch.shard] = sidecar
-            if batch.keys:
-                x = per_batch(to_device(batch.images, teacher.device))
-                probs = teacher.probabilities(x, spec.temperature)
-                sidecar.writer.write(batch.keys, **label_fields(probs, spec))
+            if batch.size:
+                images, keys = _batch_on_device(
+                    batch, dataset, entries[batch.shard], teacher, per_image, skip_corrupt, skipped_here
+                )
+                if keys:
+                    probs = teacher.probabilities(per_batch(images), spec.temperature)
+                    sidecar.writer.write(keys, **label_fields(probs, spec))
             if batch.last:
-                done[batch.shard] = open_sidecars.pop(batch.shard).commit(batch.skipped)
+                skipped = batch.skipped + skipped_here.pop(batch.shard, 0)
+                done[batch.shard] = open_sidecars.pop(batch.shard).commit(skipped)
     except BaseException:
         for sidecar in open_sidecars.values():
             sidecar.abort()
         raise
     return done
+
+
+def _batch_on_device(
+    batch,
+    dataset: Dataset,
+    entry: ShardEntry,
+    teacher: Teacher,
+    per_image,
+    skip_corrupt: bool,
+    skipped: dict[int, int],
+) -> tuple[torch.Tensor, list[str]]:
+    """A ShardBatch as uint8 images on the teacher's device and their keys, in the same order.
+
+    CPU-decoded images are moved; JPEG bytes (batched decoding) are decoded and resized there. A
+    JPEG the batched decoder refuses goes through PIL, so a corrupt one fails, or is skipped and
+    counted, exactly as on the CPU path.
+    """
+    info = dataset.info
+    parts, keys = [], list(batch.keys)
+    if batch.keys:
+        parts.append(to_device(batch.images, teacher.device))
+    if batch.jpegs:
+        url = str(dataset.shard_path(entry))
+
+        def with_pil(i: int) -> torch.Tensor | None:
+            raw = {"__key__": batch.jpeg_keys[i], "__url__": url, "jpg": batch.jpegs[i]}
+            try:
+                sample = decode_sample(
+                    raw, channels=info.channels, num_classes=info.num_classes, labeled=False
+                )
+            except CorruptSampleError as exc:
+                if not skip_corrupt:
+                    raise SelftrainError(
+                        f"{exc}; fix the sample or pass --skip-corrupt to skip such samples"
+                    ) from None
+                log.warning("%s; skipped (--skip-corrupt)", exc)
+                skipped[batch.shard] = skipped.get(batch.shard, 0) + 1
+                return None
+            return per_image(sample.image)
+
+        decoded, kept = decode_resize(
+            batch.jpegs,
+            size=teacher.image_size,
+            channels=info.channels,
+            device=teacher.device,
+            fallback=with_pil,
+        )
+        parts.append(to_device(decoded, teacher.device))
+        keys += [batch.jpeg_keys[i] for i in kept]
+    images = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return images, keys

@@ -10,6 +10,10 @@ The eval transform is split in two: the per-image part (deterministic resize to 
 input size, PIL -> uint8 tensor) runs while decoding, the elementwise rest (to float, normalize)
 runs once per batch on the device. The result is identical to `eval_transform` image by image,
 with a quarter of the bytes to move between processes.
+
+With `keep_jpeg` (batched decoding on the model's device, `selftrain.data.batch_decode`), JPEG
+samples are not decoded here at all: their bytes travel in `ShardBatch.jpegs` and the labeler
+decodes and resizes them in batches on the GPU. Other formats are decoded here as before.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from selftrain.data.batch_decode import jpeg_member
 from selftrain.data.dataset_info import Dataset, ShardEntry
 from selftrain.data.shards import SkipCounter, decode_sample
 from selftrain.data.tar_reader import iter_shard_fast
@@ -64,6 +69,12 @@ class ShardBatch:
     last: bool = False
     skipped: int = 0  # samples of the shard skipped as corrupt; set on the last batch
     error: str | None = None  # the shard failed; raise this in the main process
+    jpegs: list[bytes] = field(default_factory=list)  # undecoded JPEGs (keep_jpeg), after `images`
+    jpeg_keys: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return len(self.keys) + len(self.jpegs)
 
 
 class ShardBatches(IterableDataset):
@@ -78,6 +89,7 @@ class ShardBatches(IterableDataset):
         *,
         verify_checksums: bool = True,
         skip_corrupt: bool = False,
+        keep_jpeg: bool = False,
     ):
         super().__init__()
         self.dataset = dataset
@@ -86,6 +98,7 @@ class ShardBatches(IterableDataset):
         self.batch_size = batch_size
         self.verify = verify_checksums
         self.skip_corrupt = skip_corrupt
+        self.keep_jpeg = keep_jpeg
 
     def __iter__(self) -> Iterator[ShardBatch]:
         worker = get_worker_info()
@@ -102,10 +115,25 @@ class ShardBatches(IterableDataset):
         skipped = SkipCounter()
         images: list[torch.Tensor] = []
         keys: list[str] = []
+        jpegs: list[bytes] = []
+        jpeg_keys: list[str] = []
+
+        def batch(last: bool = False) -> ShardBatch:
+            stacked = torch.stack(images) if images else self._empty()
+            return ShardBatch(index, stacked, keys, last=last, jpegs=jpegs, jpeg_keys=jpeg_keys)
+
         try:
             for raw in iter_shard_fast(
                 path, entry, verify=self.verify, skip_corrupt=self.skip_corrupt, skipped=skipped
             ):
+                data = jpeg_member(raw) if self.keep_jpeg else None
+                if data is not None:
+                    jpegs.append(data)
+                    jpeg_keys.append(raw["__key__"])
+                    if len(keys) + len(jpegs) == self.batch_size:
+                        yield batch()
+                        images, keys, jpegs, jpeg_keys = [], [], [], []
+                    continue
                 try:
                     sample = decode_sample(
                         raw, channels=info.channels, num_classes=info.num_classes, labeled=False
@@ -120,11 +148,12 @@ class ShardBatches(IterableDataset):
                     continue
                 images.append(self.per_image(sample.image))
                 keys.append(sample.key)
-                if len(images) == self.batch_size:
-                    yield ShardBatch(index, torch.stack(images), keys)
-                    images, keys = [], []
+                if len(keys) + len(jpegs) == self.batch_size:
+                    yield batch()
+                    images, keys, jpegs, jpeg_keys = [], [], [], []
         except SelftrainError as exc:
             yield ShardBatch(index, self._empty(), error=str(exc))
             return
-        batch = torch.stack(images) if images else self._empty()
-        yield ShardBatch(index, batch, keys, last=True, skipped=skipped.count)
+        final = batch(last=True)
+        final.skipped = skipped.count
+        yield final

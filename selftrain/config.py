@@ -33,6 +33,11 @@ class DataConfig(_Strict):
     skip_corrupt: bool = Field(
         False, description="Skip unreadable samples with a warning and a count instead of failing."
     )
+    decode: Literal["auto", "pil", "batched"] = Field(
+        "auto",
+        description="JPEG decoding for labeling and eval: batched (torchvision, in batches on the "
+        "model's device: nvJPEG on a GPU), pil (per image on the CPU), auto (batched on CUDA, else pil).",
+    )
 
 
 class AugmentConfig(_Strict):

@@ -19,7 +19,9 @@ import torch
 
 from selftrain import distributed
 from selftrain.config import RunConfig
+from selftrain.data.batch_decode import use_batched_decode
 from selftrain.data.dataset_info import MIN_VAL_FOR_SELECTION, Dataset
+from selftrain.data.encoded_stream import device_eval_batches
 from selftrain.data.stream import SplitStream, make_loader
 from selftrain.engine import TrainLoop
 from selftrain.evaluate import EvalResult, evaluate
@@ -45,6 +47,18 @@ def evaluate_split(
     rank returns the whole split's result, computed with rank 0's BatchNorm statistics.
     """
     distributed.broadcast_buffers(model)
+    if use_batched_decode(cfg.data.decode, device):  # JPEGs decoded in batches on the GPU
+        batches, encoded = device_eval_batches(
+            dataset,
+            split,
+            image_size=image_size,
+            device=device,
+            num_workers=cfg.data.num_workers,
+            verify_checksums=cfg.data.verify_checksums,
+            skip_corrupt=cfg.data.skip_corrupt,
+        )
+        result = evaluate(model, batches, dataset.info.num_classes, device)
+        return result, distributed.sum_int(encoded.skipped.count)
     stream = SplitStream(
         dataset,
         split,

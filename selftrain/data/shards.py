@@ -224,18 +224,24 @@ def decode_sample(raw: dict, *, channels: int, num_classes: int, labeled: bool) 
     mode = "L" if channels == 1 else "RGB"
     if image.mode != mode:
         image = image.convert(mode)
-    label = None
-    if labeled:
-        if "cls" not in raw:
-            raise CorruptSampleError(f"{url}: sample {key} has no .cls label in a labeled split")
-        text = raw["cls"].decode("utf-8", "replace").strip()
-        try:
-            label = int(text)
-        except ValueError:
-            raise CorruptSampleError(f"{url}: sample {key}.cls is {text!r}, not an integer label") from None
-        if not 0 <= label < num_classes:
-            raise CorruptSampleError(
-                f"{url}: sample {key} has label {label} but the data set has {num_classes} classes "
-                f"(0-{num_classes - 1}); fix the .cls or the classes in dataset.json"
-            )
-    return DecodedSample(key=key, image=image, label=label, shard=Path(url).name)
+    label = parse_label(raw, num_classes) if labeled else None
+    return DecodedSample(key=key, image=image, label=label, shard=url.rsplit("/", 1)[-1])  # no Path per image
+
+
+def parse_label(raw: dict, num_classes: int) -> int:
+    """The sample's `.cls`, checked against the data set's classes (CorruptSampleError if not)."""
+    url = raw.get("__url__", "?")
+    key = raw.get("__key__", "?")
+    if "cls" not in raw:
+        raise CorruptSampleError(f"{url}: sample {key} has no .cls label in a labeled split")
+    text = raw["cls"].decode("utf-8", "replace").strip()
+    try:
+        label = int(text)
+    except ValueError:
+        raise CorruptSampleError(f"{url}: sample {key}.cls is {text!r}, not an integer label") from None
+    if not 0 <= label < num_classes:
+        raise CorruptSampleError(
+            f"{url}: sample {key} has label {label} but the data set has {num_classes} classes "
+            f"(0-{num_classes - 1}); fix the .cls or the classes in dataset.json"
+        )
+    return label

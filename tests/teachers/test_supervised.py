@@ -114,3 +114,18 @@ def test_teacher_reaches_90_percent_with_10_labels_per_class(tmp_path):
     )
     card = json.loads((tmp_path / "run" / "iter-000" / "model.json").read_text())
     assert card["test_accuracy"] >= 0.90, card["test_accuracy"]
+
+
+@pytest.mark.gpu
+def test_teacher_trains_on_cuda_and_its_eval_decodes_there(digits_master, tmp_path, capsys):
+    """The CUDA path end to end: bf16 autocast training, channels_last, eval on the GPU; a CPU
+    re-evaluation of the saved weights agrees (bf16 moves a few borderline images at most)."""
+    run = tmp_path / "run"
+    assert main([*_args(digits_master, run, QUICK_TEACHER), "--device", "cuda"]) == 0
+    card = json.loads((run / "iter-000" / "model.json").read_text())
+    assert card["device"] == "cuda" and card["steps"] == 30
+    capsys.readouterr()
+    assert main(["eval", "--run-dir", str(run), "--iteration", "0", "--device", "cpu", "--json"]) == 0
+    on_cpu = json.loads(capsys.readouterr().out)
+    assert on_cpu["count"] == card["test_count"]
+    assert abs(on_cpu["top1"] - card["test_accuracy"]) <= 0.02

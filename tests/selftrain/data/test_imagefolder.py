@@ -115,3 +115,16 @@ def test_unlabeled_truth_rejects_unknown_class_and_loose_files(tmp_path, capsys)
     (root / "unlabeled" / "bird").rmdir()
     assert _import(root, tmp_path / "b", "--unlabeled-truth") == 2
     assert "every image must sit in a class folder" in capsys.readouterr().err
+
+
+def test_jpeg_photos_stay_jpeg_byte_for_byte(tree, tmp_path):
+    """Batched GPU decoding needs the JPEGs themselves: import must not re-encode them."""
+    out = tmp_path / "ds"
+    rc = main(["data", "import", "--labeled", str(tree / "train"), "--unlabeled", str(tree / "unlabeled"),
+               "--test", str(tree / "test"), "--out", str(out)])
+    assert rc == 0
+    originals = {p.read_bytes() for p in (tree / "train").rglob("*.jpg")}
+    ds = load_dataset(out)
+    stored = [raw["jpg"] for split in ("labeled", "val") for e in ds.split(split).shards
+              for raw in iter_shard(ds.shard_path(e), e) if "jpg" in raw]
+    assert len(originals) == 4 and set(stored) == originals
