@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prefect import get_run_logger
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from prefect.states import Failed
 
 from selftrain.errors import SelftrainError
@@ -29,8 +29,8 @@ __all__ = [
 
 def flow_run_holder() -> str:
     """How a run directory's lock names this flow run to a refused writer."""
-    deployment = flow_run.get_deployment_id()
-    where = f"deployment run of {flow_run.flow_name}" if deployment else f"flow run of {flow_run.flow_name}"
+    kind = "deployment run" if deployment.id else "flow run"  # deployment.id is None outside one
+    where = f"{kind} of {flow_run.flow_name}"
     return f"{where} '{flow_run.name}' (id {flow_run.id})"
 
 
