@@ -544,12 +544,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
             raise SelftrainError("--data goes with --split, not --images")
     saved = load_saved_model(store, args.iteration, device)
     if args.images is not None:
-        source, id_field, extra, total = (
-            ImageFolderItems(args.images, saved.image_size, saved.in_chans),
-            "path",
-            [],
-            None,
-        )
+        source = ImageFolderItems(args.images, saved.image_size, saved.in_chans)
+        id_field, extra, total = "path", [], None
     else:
         dataset = load_dataset(args.data or store.data_dir())
         if dataset.info.classes != saved.classes or dataset.info.channels != saved.in_chans:
@@ -564,9 +560,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
             verify=cfg.data.verify_checksums,
             skip_corrupt=args.skip_corrupt,
         )
-        labeled = source.split.labeled
-        source_fields = ["shard", *(["label"] if labeled else [])]
-        id_field, extra, total = "key", source_fields, source.split.total
+        extra = ["shard", *(["label"] if source.split.labeled else [])]
+        id_field, total = "key", source.split.total
     out = predict(
         saved,
         source,

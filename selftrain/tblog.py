@@ -85,7 +85,8 @@ def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
     acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
     acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    out = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    return {tag: events for tag, events in out.items() if events}  # a purged tag stays listed, empty
 
 
 def stage_log(
