@@ -250,7 +250,7 @@ def _encode(pixels: np.ndarray, fmt: str, side: int | None = None) -> bytes:
 
 def part_photos(ctx: dict) -> dict:
     """Dev photos as a user's ImageFolder of JPEGs -> `selftrain data import` -> teacher + 1 iteration."""
-    from selftrain.cli import main as cli
+    from commands.cli import main as cli
 
     photos = _load_photos()
     plan = ctx["sizes"]["photos"]
