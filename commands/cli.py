@@ -265,10 +265,13 @@ def cmd_teacher_train(args: argparse.Namespace) -> None:
     from selftrain import runlock
     from selftrain.data.dataset_info import load_dataset
     from selftrain.device import resolve_device
+    from selftrain.run_inputs import check_inputs
     from selftrain.runstore import RunStore
     from teachers.supervised import train_teacher
 
     dataset = load_dataset(args.data)
+    config = ([str(args.config)] if args.config else []) + _runtime_overrides(args)
+    check_inputs(str(args.run_dir), str(args.data), config or None)  # a typo creates nothing
     store = RunStore(args.run_dir)
     with runlock.hold(args.run_dir, by=_command_line()):
         cfg = store.open(args.data, args.config, _runtime_overrides(args))
