@@ -160,7 +160,8 @@ def noisy_student(
             "student.steps=200,seed=1", or a list of a path and/or "key=value" items. Unknown keys
             are rejected.
         iterations: Noisy Student iterations (students) this flow run trains. The supervised
-            teacher (iteration 0) is trained first when the run has none and does not count.
+            teacher (iteration 0) is trained first when the run has none and does not count;
+            0 trains no student but finishes a killed one's evaluation and promotion.
         from_iteration: Start a new branch from saved iteration K: iterations after K are moved to
             RUN/branches/ and a new K+1 is trained.
 
