@@ -123,8 +123,16 @@ def _kill_group(proc: subprocess.Popen) -> None:
             os.kill(pid, signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in below):
-        time.sleep(0.1)  # zombies of the killed group are reaped by init
+    while time.monotonic() < deadline and any(_running(p) for p in below):
+        time.sleep(0.1)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a dead child waits for init to reap it, which may take a while)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def run_attempt(
@@ -365,6 +373,8 @@ def soak(kills: int, seed: int, work: Path, say) -> dict[str, Any]:
             rc, killed, seconds = run_attempt(job.argv(soaked / "data", out), env, log, delay)
             if before is not None:
                 redone += redone_since(before, out)
+            progress = {"hits": hits, "redone": redone, "failed": failed, "missed": missed, "plan": plan}
+            (work / "progress.json").write_text(json.dumps(progress, indent=1))
             if killed:
                 stage = "data build" if job.name == "data" else stage_hit(out, job.order)
                 hits.append({"job": job.name, "after_s": round(seconds, 1), "stage": stage})
