@@ -186,9 +186,8 @@ def train_iterations(ctx: RunContext, iterations: int, from_iteration: int | Non
 
     if store.stage_state(0, "train") != "done":
         train_teacher_task(run_dir, cfg)
-        evaluate_task(run_dir, cfg, 0)
-    for k in store.iterations_done():  # a run killed between a student's training and its promotion
-        if k >= 1 and store.stage_state(k, "evaluate") != "done":
+    for k in store.iterations_done():  # a run killed between a model's training and its promotion
+        if store.stage_state(k, "evaluate") != "done":
             evaluate_task(run_dir, cfg, k)
         if k >= 1 and store.stage_state(k, "promote") != "done":
             promote_task(run_dir, cfg, k)
