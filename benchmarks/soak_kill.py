@@ -6,9 +6,11 @@ Three jobs, each the real command line: `data digits` (building the shards), a 2
 `run noisy-student` and a `run meta-pseudo-labels`, with step counts that train in seconds. Each
 is first run once uninterrupted (the reference: its duration and final test accuracy). Then N
 kill moments are drawn, uniform over the three jobs' measured work, and each job is run again in
-a fresh folder: every attempt starts in its own process group (the ephemeral Prefect server and
-any helpers included), is SIGKILLed as a group at its moment, and the same command is run again,
-until an attempt ends by itself. Right after each kill the manifest says which stage was hit.
+a fresh folder: every attempt starts in its own process group (with all its helpers), is
+SIGKILLed as a group at its moment, and the same command is run again, until an attempt ends by
+itself. The attempts talk to one `prefect server start` that the soak runs (as served runs do);
+with `--ephemeral` each starts its own ephemeral server, killed with it, as a plain `selftrain
+run` does (on a loaded 2-core machine that server alone can take longer than 5 minutes to start). Right after each kill the manifest says which stage was hit.
 
 At the end it checks what a user relies on after a crash:
 - `completed`: the last attempt of each job exited 0 and every stage of both runs is `done`;
@@ -43,11 +45,13 @@ import os
 import random
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -322,15 +326,50 @@ def run_reference(run_dir: Path, log: Path, argv: list[str], env: dict[str, str]
     return (began if began is not None else 0.0), total
 
 
-def soak(kills: int, seed: int, work: Path, say) -> dict[str, Any]:
+def start_server(env: dict[str, str], log: Path, say) -> tuple[subprocess.Popen, str]:
+    """One `prefect server start` for every attempt: on a loaded machine the ephemeral server each
+    attempt would start can take longer than Prefect's start-up limit (seen here at 300 s)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with open(log, "ab") as out:
+        server = subprocess.Popen(argv, env=env, stdout=out, stderr=out, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 1800
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"error: `prefect server start` exited {server.returncode}; see {log}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=5) as reply:
+            if reply.status == 200:
+                say(f"Prefect server at {url}")
+                return server, url
+        time.sleep(2)
+    _kill_group(server)
+    raise SystemExit(f"error: `prefect server start` did not answer within 30 minutes; see {log}")
+
+
+def soak(kills: int, seed: int, work: Path, say, ephemeral: bool = False) -> dict[str, Any]:
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "PREFECT_HOME": str(work / "prefect-home"),
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "900",
         "TQDM_DISABLE": "1",
     }
+    work.mkdir(parents=True, exist_ok=True)
     log = work / "commands.log"
+    server = None
+    if not ephemeral:
+        server, env["PREFECT_API_URL"] = start_server(env, work / "server.log", say)
+    try:
+        return _soak(kills, seed, work, say, env, log)
+    finally:
+        if server is not None:
+            _kill_group(server)
+
+
+def _soak(kills: int, seed: int, work: Path, say, env: dict[str, str], log: Path) -> dict[str, Any]:
     ref, soaked = work / "reference", work / "soak"
     ref.mkdir(parents=True, exist_ok=True)
     soaked.mkdir(parents=True, exist_ok=True)
@@ -464,6 +503,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    parser.add_argument(
+        "--ephemeral",
+        action="store_true",
+        help="each attempt starts (and is killed with) its own ephemeral Prefect server, as a plain "
+        "`selftrain run` does; default: one `prefect server start` for all attempts",
+    )
     parser.add_argument("--workdir", type=Path, help="keep everything here (default: a temporary folder)")
     args = parser.parse_args(argv)
     if args.kills < 0:
@@ -477,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workdir and any(args.workdir.iterdir() if args.workdir.exists() else []):
         parser.error(f"--workdir {args.workdir}: must be empty or new")
     try:
-        result = soak(args.kills, args.seed, work, say)
+        result = soak(args.kills, args.seed, work, say, ephemeral=args.ephemeral)
     finally:
         if args.workdir is None and not os.environ.get("SOAK_KEEP"):
             shutil.rmtree(work, ignore_errors=True)

@@ -83,7 +83,6 @@ def test_mpl_stages_write_tensorboard_scalars(mpl_run):
     assert len(finetune["train/loss"]) == 8 and len(finetune["throughput/samples_per_s"]) == 8
 
 
-@pytest.mark.integration
 def test_mpl_teacher_recorded_done_is_not_redone_when_the_student_was_not(mpl_run, tmp_path):
     """A kill between the two records (the teacher's is written first): the rerun trains the
     student again but leaves the teacher's record and files as they were."""
@@ -104,6 +103,7 @@ def test_mpl_teacher_recorded_done_is_not_redone_when_the_student_was_not(mpl_ru
     assert weights.stat().st_mtime_ns == mtime
 
 
+@pytest.mark.integration
 def test_killed_mpl_run_resumes_to_the_same_result(digits_master, tmp_path):
     run = tmp_path / "run"
     overrides = [*QUICK_TEACHER, *QUICK_MPL, "mpl.steps=40"]
