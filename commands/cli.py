@@ -144,7 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("loop", choices=["noisy-student", "meta-pseudo-labels"], help="which loop")
     run.add_argument("--data", type=Path, help="data set folder (may be omitted once the run records it)")
     run.add_argument("--run-dir", required=True, type=Path)
-    run.add_argument("--iterations", type=int, default=1, help="noisy-student: student iterations to train")
+    run.add_argument(
+        "--iterations",
+        type=int,
+        default=1,
+        help="noisy-student: student iterations to add (0: only finish an interrupted one)",
+    )
     run.add_argument(
         "--from-iteration", type=int, help="noisy-student: keep iterations <= K, train a new K+1"
     )

@@ -160,7 +160,8 @@ def noisy_student(
             "student.steps=200,seed=1", or a list of a path and/or "key=value" items. Unknown keys
             are rejected.
         iterations: Noisy Student iterations (students) this flow run trains. The supervised
-            teacher (iteration 0) is trained first when the run has none and does not count.
+            teacher (iteration 0) is trained first when the run has none and does not count;
+            0 trains no student but finishes a killed one's evaluation and promotion.
         from_iteration: Start a new branch from saved iteration K: iterations after K are moved to
             RUN/branches/ and a new K+1 is trained.
 
@@ -185,9 +186,8 @@ def train_iterations(ctx: RunContext, iterations: int, from_iteration: int | Non
 
     if store.stage_state(0, "train") != "done":
         train_teacher_task(run_dir, cfg)
-        evaluate_task(run_dir, cfg, 0)
-    for k in store.iterations_done():  # a run killed between a student's training and its promotion
-        if k >= 1 and store.stage_state(k, "evaluate") != "done":
+    for k in store.iterations_done():  # a run killed between a model's training and its promotion
+        if store.stage_state(k, "evaluate") != "done":
             evaluate_task(run_dir, cfg, k)
         if k >= 1 and store.stage_state(k, "promote") != "done":
             promote_task(run_dir, cfg, k)

@@ -106,13 +106,19 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> None:
-    """Delete leftovers of writes that a killed process never finished."""
+def remove_stale_temporaries(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Delete leftovers of writes that a killed process never finished; return what was deleted.
+
+    Only the one writer of `folder` may call this (a run directory's lock holder, a data set
+    builder): another live writer's temporary would go too.
+    """
     folder = Path(folder)
     if not folder.is_dir():
-        return
-    for item in folder.glob(".*.tmp"):
+        return []
+    found = sorted(folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp"))
+    for item in found:
         if item.is_dir():
             shutil.rmtree(item, ignore_errors=True)
         else:
             item.unlink(missing_ok=True)
+    return found

@@ -88,8 +88,10 @@ def reopen(run_dir: str, cfg: RunConfig) -> RunContext:
 
 def check_loop_options(store: RunStore, iterations: int = 1, from_iteration: int | None = None) -> None:
     """The Noisy Student loop's own options, checked before anything is trained or moved."""
-    if iterations < 1:
-        raise SelftrainError(f"iterations: must be at least 1 (got {iterations})")
+    # 0 trains no new student but still finishes what a killed run left (the teacher, the last
+    # student's evaluation and promotion): `--iterations` counts students added, not a total.
+    if iterations < 0:
+        raise SelftrainError(f"iterations: must be 0 or more (got {iterations})")
     if from_iteration is not None and from_iteration not in store.iterations_done():
         raise SelftrainError(
             f"from_iteration={from_iteration}: iteration {from_iteration} has no trained model in "

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from selftrain import atomic
 from selftrain.errors import SelftrainError
 
 LOCK_NAME = ".lock"
@@ -166,6 +167,8 @@ def acquire(run_dir: str | os.PathLike, by: str, shared: bool = False) -> None:
             # Shared holders (labelers of disjoint shards) list themselves beside the live others.
             others = [h for h in _read_record(fd) if _live(h) and h.get("shared")] if shared else []
             _write_record(fd, [*others, {**record, "shared": shared}])
+            if not shared:  # the only writer now: any temporary here is a write that died with its writer
+                atomic.remove_stale_temporaries(run_dir, recursive=True)
         except BaseException:
             os.close(fd)
             raise

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,7 @@ class RunStore:
             )
             return requested
         manifest = self.manifest()
+        self._remove_finished_checkpoints()
         if Path(manifest["data"]) != data_dir:
             raise SelftrainError(
                 f"{self.root}: this run uses data {manifest['data']}, not {data_dir}; pass the same --data "
@@ -164,6 +166,11 @@ class RunStore:
                 }
             )
         return saved
+
+    def _remove_finished_checkpoints(self) -> None:
+        """A stage deletes its checkpoints after it is recorded done; a kill in between leaves them."""
+        for k in self.iterations_done():
+            shutil.rmtree(self.iter_dir(k) / "checkpoints", ignore_errors=True)
 
     def config(self) -> RunConfig:
         self.manifest()  # a clear "not a run directory" before "config.yaml not found"

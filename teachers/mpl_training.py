@@ -222,6 +222,9 @@ def train_mpl(
     )
 
     def save_teacher() -> None:
+        # Recorded done by a run killed before the student was: never redone (every rank reads this).
+        if store.stage_state(TEACHER_IT, "train") == "done":
+            return
         val, _ = evaluate_split(teacher, dataset, "val", cfg, device, size)
         test, _ = evaluate_split(teacher, dataset, "test", cfg, device, size)
         card = build_card(

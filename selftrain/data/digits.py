@@ -68,6 +68,7 @@ def build_digits(
     if labels_per_class < 1:
         raise SelftrainError(f"--labels-per-class: must be at least 1 (got {labels_per_class})")
     out.mkdir(parents=True, exist_ok=True)
+    atomic.remove_stale_temporaries(out)  # a killed build's half-written shard; the rest is rewritten
     bunch = load_digits()
     images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
     labels = bunch.target.astype(int)

@@ -166,6 +166,7 @@ def import_imagefolder(
         train_items += [members[i] for i in order[n_val:]]
 
     out.mkdir(parents=True, exist_ok=True)
+    atomic.remove_stale_temporaries(out)  # a killed build's half-written shard; the rest is rewritten
     collector = _Collector(skip_corrupt)
     truth: dict[str, int] = {}
     splits: dict[str, SplitInfo] = {}

@@ -44,9 +44,9 @@ def assert_one_error_line(done: subprocess.CompletedProcess, *fragments: str) ->
         (["--data", "{data}", "--set", "teacher.stpes=3"], ["teacher.stpes", "unknown key"]),
         (["--data", "{data}", "--config", "{tmp}/missing.yaml"], ["missing.yaml"]),
         ([], ["data: required to start a new run"]),
-        (["--data", "{data}", "--iterations", "0"], ["iterations: must be at least 1"]),
+        (["--data", "{data}", "--iterations", "-1"], ["iterations: must be 0 or more"]),
     ],
-    ids=["missing-data", "config-typo", "missing-config", "no-data-new-run", "zero-iterations"],
+    ids=["missing-data", "config-typo", "missing-config", "no-data-new-run", "negative-iterations"],
 )
 def test_input_errors_are_one_line_before_prefect_and_create_nothing(
     tmp_path, digits_master, extra, fragments

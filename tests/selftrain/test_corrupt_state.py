@@ -179,3 +179,16 @@ def test_a_failed_write_keeps_the_previous_file_and_says_so(tmp_path):
     assert str(target) in done.stdout and "previous file kept" in done.stdout
     assert target.read_text() == "previous"
     assert [p.name for p in tmp_path.iterdir()] == ["model.json"]  # no temporary left behind
+
+
+def test_reopening_removes_checkpoints_of_a_stage_killed_after_it_was_recorded_done(tmp_path, digits_master):
+    store = RunStore(tmp_path / "run")
+    store.open(digits_master, None, [])
+    artifacts = store.save_model(0, torch.nn.Linear(4, 2).state_dict(), {"architecture": "linear"})
+    store.mark_stage(0, "train", "done", role="teacher", model="linear", artifacts=artifacts)
+    finished, unfinished = store.iter_dir(0) / "checkpoints", store.iter_dir(1) / "checkpoints"
+    for root in (finished, unfinished):  # the kill came between "done" and their removal
+        save_checkpoint(root, 2, modules={"m": torch.nn.Linear(4, 2)}, optimizers={}, schedulers={}, state={})
+    store.open(digits_master, None, [])
+    assert not finished.exists()
+    assert list_checkpoints(unfinished)  # a stage still training resumes from these

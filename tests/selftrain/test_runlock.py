@@ -87,3 +87,27 @@ def test_shard_labelers_share_the_lock_but_not_with_a_run(tmp_path, holders):
         pass
     with pytest.raises(runlock.RunDirInUse, match="labeler 1"):
         runlock.acquire(run, by="a run")
+
+
+WRITE_THEN_DIE = """
+import os, signal, sys
+from selftrain import atomic
+with atomic.atomic_path(sys.argv[1]) as tmp:
+    tmp.write_bytes(b"half of it")
+    os.kill(os.getpid(), signal.SIGKILL)  # killed mid-write: the temporary stays
+"""
+
+
+def test_the_next_writer_removes_temporaries_a_killed_writer_left(tmp_path, holders):
+    run = tmp_path / "run"
+    target = run / "iter-001" / "model.safetensors"
+    target.parent.mkdir(parents=True)
+    died = subprocess.run(
+        [sys.executable, "-c", WRITE_THEN_DIE, str(target)], env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
+    assert died.returncode == -signal.SIGKILL
+    (stale,) = target.parent.glob(".model.safetensors.*.tmp")
+    with runlock.hold(run, by="labeler", shared=True):  # a shared holder may have writers beside it
+        assert stale.exists()
+    with runlock.hold(run, by="the next run"):
+        assert not stale.exists() and not target.exists()

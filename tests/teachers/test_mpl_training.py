@@ -83,6 +83,26 @@ def test_mpl_stages_write_tensorboard_scalars(mpl_run):
     assert len(finetune["train/loss"]) == 8 and len(finetune["throughput/samples_per_s"]) == 8
 
 
+def test_mpl_teacher_recorded_done_is_not_redone_when_the_student_was_not(mpl_run, tmp_path):
+    """A kill between the two records (the teacher's is written first): the rerun trains the
+    student again but leaves the teacher's record and files as they were."""
+    import shutil
+
+    from teachers.mpl_training import STUDENT_IT, TEACHER_IT, train_mpl
+
+    run = tmp_path / "run"
+    shutil.copytree(mpl_run, run)
+    store = RunStore(run)
+    store.mark_stage(STUDENT_IT, "train", "interrupted")
+    teacher_record = store.iteration(TEACHER_IT)["stages"]["train"]
+    weights = store.iter_dir(TEACHER_IT) / "model.safetensors"
+    mtime = weights.stat().st_mtime_ns
+    train_mpl(store, load_dataset(store.data_dir()), store.config(), torch.device("cpu"))
+    assert store.stage_state(STUDENT_IT, "train") == "done"
+    assert store.iteration(TEACHER_IT)["stages"]["train"] == teacher_record
+    assert weights.stat().st_mtime_ns == mtime
+
+
 @pytest.mark.integration
 def test_killed_mpl_run_resumes_to_the_same_result(digits_master, tmp_path):
     run = tmp_path / "run"

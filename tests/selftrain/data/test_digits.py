@@ -88,3 +88,15 @@ def test_hand_written_index_over_existing_shards(digits_master, tmp_path):
     ds = load_dataset(own)
     labels = [y for _, y in SplitStream(ds, "val", eval_transform(16, 1))]
     assert len(labels) == ds.split("val").total == 180
+
+
+def test_a_build_killed_mid_shard_is_rebuilt_whole(tmp_path, digits_master):
+    from selftrain.data.digits import build_digits
+
+    out = tmp_path / "digits"
+    out.mkdir()
+    (out / ".labeled-000000.tar.x1y2.tmp").write_bytes(b"half a shard")  # what SIGKILL leaves
+    (out / "labeled-000000.tar").write_bytes(b"an older shard")
+    build_digits(out, labels_per_class=5, seed=0)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in digits_master.iterdir())
+    assert (out / "dataset.json").read_bytes() == (digits_master / "dataset.json").read_bytes()
