@@ -61,7 +61,8 @@ def lock_path(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / LOCK_NAME
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (a stage marked running by a dead one was killed)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -87,7 +88,7 @@ def _write_record(fd: int, holders: list[dict[str, Any]]) -> None:
 
 def _live(holder: dict[str, Any]) -> bool:
     """A holder on another host cannot be checked and counts as live."""
-    return holder.get("host") != socket.gethostname() or _pid_alive(int(holder.get("pid", -1)))
+    return holder.get("host") != socket.gethostname() or pid_alive(int(holder.get("pid", -1)))
 
 
 def read_holders(run_dir: str | os.PathLike) -> list[dict[str, Any]]:

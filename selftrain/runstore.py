@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from selftrain import atomic
 from selftrain.config import RunConfig, config_differences, config_to_yaml, load_config
 from selftrain.errors import SelftrainError
+from selftrain.runlock import pid_alive
 
 MANIFEST = "manifest.json"
 PREVIOUS_MANIFEST = "manifest.prev.json"  # the version before the last write, for a damaged manifest
@@ -52,16 +53,6 @@ def _manifest_checksum(manifest: dict[str, Any]) -> str:
     """sha256 of the manifest's content (all but this field), so an altered manifest is noticed."""
     body = {k: v for k, v in manifest.items() if k != "checksum"}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class RunStore:
@@ -186,7 +177,7 @@ class RunStore:
         info = self.iteration(k).get("stages", {}).get(stage)
         if not info:
             return "pending"
-        if info["state"] == "running" and not _pid_alive(info.get("pid", -1)):
+        if info["state"] == "running" and not pid_alive(info.get("pid", -1)):
             return "interrupted"
         return info["state"]
 
