@@ -45,7 +45,7 @@ from selftrain import atomic
 from selftrain.config import PseudoLabelConfig, RunConfig
 from selftrain.data.batch_decode import decode_resize, use_batched_decode
 from selftrain.data.dataset_info import Dataset, ShardEntry
-from selftrain.data.shards import decode_sample
+from selftrain.data.shards import decode_sample, skip_or_raise
 from selftrain.device import to_device
 from selftrain.errors import CorruptSampleError, SelftrainError
 from selftrain.runstore import RunStore
@@ -382,11 +382,7 @@ def _batch_on_device(
                     raw, channels=info.channels, num_classes=info.num_classes, labeled=False
                 )
             except CorruptSampleError as exc:
-                if not skip_corrupt:
-                    raise SelftrainError(
-                        f"{exc}; fix the sample or pass --skip-corrupt to skip such samples"
-                    ) from None
-                log.warning("%s; skipped (--skip-corrupt)", exc)
+                skip_or_raise(exc, skip_corrupt, log)
                 skipped[batch.shard] = skipped.get(batch.shard, 0) + 1
                 return None
             return per_image(sample.image)

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from selftrain.data.batch_decode import decode_resize, jpeg_member
 from selftrain.data.dataset_info import Dataset
-from selftrain.data.shards import decode_sample, parse_label
+from selftrain.data.shards import decode_sample, parse_label, skip_or_raise
 from selftrain.data.stream import SplitStream
 from selftrain.errors import CorruptSampleError, SelftrainError
 from selftrain.transforms import Compose, Resize, normalize, pil_to_uint8
@@ -92,11 +92,7 @@ def device_eval_batches(
                 try:
                     sample = decode_sample(raw, channels=info.channels, num_classes=0, labeled=False)
                 except CorruptSampleError as exc:
-                    if not skip_corrupt:
-                        raise SelftrainError(
-                            f"{exc}; fix the sample or pass --skip-corrupt to skip such samples"
-                        ) from None
-                    log.warning("%s; skipped (--skip-corrupt)", exc)
+                    skip_or_raise(exc, skip_corrupt, log)
                     stream.skipped.add()
                     return None
                 return stream.transform(sample.image)

@@ -245,3 +245,12 @@ def parse_label(raw: dict, num_classes: int) -> int:
             f"(0-{num_classes - 1}); fix the .cls or the classes in dataset.json"
         )
     return label
+
+
+def skip_or_raise(exc: CorruptSampleError, skip_corrupt: bool, log: logging.Logger) -> None:
+    """A corrupt sample: with --skip-corrupt a warning and the caller skips it; otherwise the
+    one-line error naming the fix. Every reader (training, eval, labeling) says the same."""
+    if not skip_corrupt:
+        raise SelftrainError(f"{exc}; fix the sample or pass --skip-corrupt to skip such samples") from None
+    log.warning("%s; skipped (--skip-corrupt)", exc)
+
