@@ -33,7 +33,7 @@ compare: demo
 
 ## Every test that can run on this machine: unit, integration and slow (GPU tests skip themselves).
 test: $(STAMP)
-	$(BIN)/pytest -m "" -q
+	$(BIN)/pytest -m "" -q --durations=25
 
 ## Unit tests only (the pytest default).
 test-fast: $(STAMP)

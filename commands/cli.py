@@ -523,6 +523,8 @@ def cmd_report(args: argparse.Namespace) -> None:
             f"\nteacher (iteration 0) test {t['test_accuracy'] * 100:.2f}% -> iteration {f['iteration']} "
             f"test {f['test_accuracy'] * 100:.2f}% ({summary['gain_points']:+.2f} points)"
         )
+    for note in summary["notes"]:
+        print(f"note: {note}")
     print(f"plot: {plot}")
 
 

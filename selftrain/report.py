@@ -8,6 +8,7 @@ pyplot global state), so it works in worker threads and on headless machines.
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,54 @@ def run_summary(store: RunStore) -> dict[str, Any]:
     gain = None
     if teacher and final:
         gain = round((final["test_accuracy"] - teacher["test_accuracy"]) * 100, 3)
-    return {"iterations": rows, "teacher": teacher, "final": final, "gain_points": gain}
+    return {
+        "iterations": rows,
+        "teacher": teacher,
+        "final": final,
+        "gain_points": gain,
+        "notes": gain_notes(done),
+    }
+
+
+def accuracy_noise_points(accuracy: float, count: int | None) -> float | None:
+    """One binomial standard error of an accuracy measured on `count` test images, in points."""
+    if not count:
+        return None
+    return 100 * math.sqrt(max(accuracy * (1 - accuracy), 0.0) / count)
+
+
+def gain_notes(done: list[dict[str, Any]]) -> list[str]:
+    """Say plainly when self-training did not pay: a user reading "+1.4 points" on 800 test images
+    should learn that this is within the split's noise, and that a later iteration was worse than
+    an earlier one (so the model to keep is not the last)."""
+    teacher = next((r for r in done if r["iteration"] == 0), None)
+    # Noisy Student's students; for an MPL run, only its finetuned student is the method's result.
+    students = sorted((r for r in done if r.get("role") == "student"), key=lambda r: r["iteration"])
+    students = students or [r for r in done if r.get("role") == "mpl-finetuned"]
+    if teacher is None or not students or teacher.get("test_accuracy") is None:
+        return []
+    final = students[-1]
+    gain = (final["test_accuracy"] - teacher["test_accuracy"]) * 100
+    noise = accuracy_noise_points(teacher["test_accuracy"], teacher.get("test_count"))
+    notes = []
+    if gain <= 0:
+        notes.append(
+            f"self-training did not pay here: iteration {final['iteration']} is {gain:+.2f} points "
+            "against its teacher"
+        )
+    elif noise is not None and gain < noise:
+        notes.append(
+            f"the gain ({gain:+.2f} points) is within the test split's noise (one standard error: "
+            f"{noise:.2f} points on {teacher['test_count']} images)"
+        )
+    best = max(students, key=lambda r: (r["test_accuracy"], -r["iteration"]))
+    if best is not final and best["test_accuracy"] > teacher["test_accuracy"]:
+        notes.append(
+            f"test accuracy peaked at iteration {best['iteration']} ({best['test_accuracy'] * 100:.2f}%) "
+            f"and fell to {final['test_accuracy'] * 100:.2f}% by iteration {final['iteration']}: "
+            f"predict or export with --iteration {best['iteration']}, or run fewer iterations"
+        )
+    return notes
 
 
 def write_accuracy_plot(store: RunStore) -> Path:

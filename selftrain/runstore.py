@@ -325,6 +325,7 @@ class RunStore:
                 "unlabeled_batch": None,
                 "unlabeled_ratio": None,
                 "pseudo_label_accuracy": None,
+                "test_count": None,
             }
             if state == "done":
                 card = self.card(k)
