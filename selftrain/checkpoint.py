@@ -54,7 +54,7 @@ def _join_optimizer(name: str, tensors: dict[str, torch.Tensor], meta: dict[str,
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     np_state = np.random.get_state()
     tensors = {
         "rng.torch": torch.get_rng_state(),
@@ -67,7 +67,7 @@ def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, meta
 
 
-def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     torch.set_rng_state(tensors["rng.torch"])
     kind, pos, has_gauss, cached = meta["numpy"]
     np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
@@ -106,7 +106,7 @@ def save_checkpoint(
         meta["schedulers"][name] = sched.state_dict()
     for key, value in (extra_tensors or {}).items():
         tensors[f"extra.{key}"] = value.detach().to("cpu").clone().contiguous()
-    rng_tensors, meta["rng"] = _rng_state()
+    rng_tensors, meta["rng"] = rng_state()
     tensors.update(rng_tensors)
 
     target = root / f"{PREFIX}{step:08d}"
@@ -170,6 +170,6 @@ def load_checkpoint(
             f"{path}: checkpoint cannot be loaded ({type(exc).__name__}: {str(exc)[:120]}); "
             "delete this folder to resume from the previous checkpoint"
         ) from None
-    _set_rng_state(tensors, meta["rng"])
+    set_rng_state(tensors, meta["rng"])
     extra = {k[len("extra.") :]: v for k, v in tensors.items() if k.startswith("extra.")}
     return int(meta["step"]), meta["state"], extra

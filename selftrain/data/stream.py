@@ -265,14 +265,18 @@ class SplitStream(IterableDataset):
             return None
         return self._output(self.transform(d.image), d, raw)
 
-    def _seed_augmentation(self, epoch: int, slot: int, position: int) -> None:
-        """Seed augmentation's generators (`selftrain.augment_rng`) once per batch of a reader.
+    def _seed_augmentation(self, slot: int, delivered: int) -> None:
+        """Seed augmentation's generators (`selftrain.augment_rng`) at the start of each batch.
 
-        Augmentation then depends only on the stream's seed and the position in its epoch, not
-        on what ran before or beside it: a flow, a resumed run and a repeated run augment the same
-        batch the same way. Once per batch, because reseeding costs ~10 us per generator.
+        Augmentation then depends only on the stream's seed and how many samples this reader had
+        delivered, not on what ran before or beside it: a flow, a resumed run and a repeated run
+        augment the same batch the same way. The key counts delivered samples across epochs, so
+        every DataLoader batch starts with a reseed even when the split's size is not a multiple
+        of the batch: two streams that share a thread's generators (a labeled and an unlabeled
+        one, zipped) never draw from each other's state, which a resume could not replay. Once per
+        batch, because reseeding costs ~10 us per generator.
         """
-        augment_rng.seed(zlib.crc32(f"augment-{self.seed}-{epoch}-{slot}-{position}".encode()))
+        augment_rng.seed(zlib.crc32(f"augment-{self.seed}-{slot}-{delivered}".encode()))
 
     def __iter__(self):
         rank, world, worker, workers = reader_info()
@@ -287,23 +291,22 @@ class SplitStream(IterableDataset):
         consumed = consumed_by_reader(self.start_sample, self.batch_size, world, worker, workers)
         epoch, skip = divmod(consumed, share) if self.repeat else (0, 0)
         first_epoch = epoch
+        # Resumes start at a step, so at a batch boundary of this reader: the first sample
+        # delivered is a batch's first and is reseeded, and nothing needs replaying.
+        seeded = self.repeat and bool(self.batch_size)
+        delivered = consumed
         while True:
             produced = 0
             counting = epoch == first_epoch
-            # A resumed stream replays the transforms from the last reseed up to where the run
-            # stopped (at most a batch), so its augmentation draws continue exactly.
-            seeded = self.repeat and bool(self.batch_size)
-            replay_from = skip - skip % self.batch_size if seeded else skip
             for j, raw in enumerate(self._raw_epoch(epoch, slot, slots, counting)):
-                if j < replay_from:
-                    continue
-                if seeded and j % self.batch_size == 0:
-                    self._seed_augmentation(epoch, slot, j)
-                item = self._decode(raw, counting)
                 if j < skip:
                     continue
+                if seeded and delivered % self.batch_size == 0:
+                    self._seed_augmentation(slot, delivered)  # again if this sample is skipped
+                item = self._decode(raw, counting)
                 if item is not None:
                     produced += 1
+                    delivered += 1
                     yield item
             if not self.repeat or (produced == 0 and skip == 0):
                 return
