@@ -147,10 +147,10 @@ def train_digits_teacher(root: Path) -> Path:
 
 def run_for(teacher_run: Path, data: Path, dest: Path) -> Path:
     """A copy of the teacher's run that labels `data` (same classes and channels)."""
+    from selftrain.runstore import RunStore
+
     shutil.copytree(teacher_run, dest)
-    manifest = json.loads((dest / "manifest.json").read_text())
-    manifest["data"] = str(data)
-    (dest / "manifest.json").write_text(json.dumps(manifest))
+    RunStore(dest).point_at_data(data)
     return dest
 
 

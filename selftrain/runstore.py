@@ -170,6 +170,11 @@ class RunStore:
     def data_dir(self) -> Path:
         return Path(self.manifest()["data"])
 
+    def point_at_data(self, data_dir: Path) -> None:
+        """Record another data set for this run (a copy of a run that labels other shards with the
+        same classes, as the benchmarks make). Through the store, so the manifest's checksum holds."""
+        self._write_manifest({**self.manifest(), "data": str(data_dir)})
+
     def iteration(self, k: int) -> dict[str, Any]:
         return self.manifest()["iterations"].get(str(k), {})
 

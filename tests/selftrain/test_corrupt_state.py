@@ -192,3 +192,11 @@ def test_reopening_removes_checkpoints_of_a_stage_killed_after_it_was_recorded_d
     store.open(digits_master, None, [])
     assert not finished.exists()
     assert list_checkpoints(unfinished)  # a stage still training resumes from these
+
+
+def test_pointing_a_copied_run_at_other_data_keeps_its_manifest_valid(store, tmp_path):
+    """The benchmarks label other shards with a copy of a trained run: the manifest they change
+    must still verify (an edit by hand is refused as damage)."""
+    store.point_at_data(tmp_path / "other-data")
+    assert store.data_dir() == tmp_path / "other-data"
+    assert store.load_weights(0)[1]["architecture"] == "linear"  # the rest is untouched and verifies
