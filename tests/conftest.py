@@ -1,9 +1,11 @@
-"""Shared fixtures: a digits data set built once per session, and quick teacher settings."""
+"""Shared fixtures: a digits data set built once per session, quick teacher settings, and one
+Prefect test harness per session (a server takes 20 s to start; runs in subprocesses share it)."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,17 @@ def digits_dir(digits_master: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "digits"
     shutil.copytree(digits_master, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    home = tempfile.mkdtemp(prefix="prefect-home-")
+    os.environ["PREFECT_HOME"] = home
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):  # 30 s is not enough on a busy machine
+        yield PREFECT_API_URL.value()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,6 +1,6 @@
 """The random-kill soak (benchmarks/soak_kill.py) with 3 kills: a data build, a Noisy Student run
-and an MPL run SIGKILLed at seeded moments and run again end whole, verified, and as accurate
-as uninterrupted runs. N = 20 is in docs/robustness.md."""
+and an MPL run SIGKILLed at seeded moments and run again end whole, verified, and exactly as
+accurate as uninterrupted runs. N = 20 is in docs/robustness.md."""
 
 from __future__ import annotations
 
@@ -29,5 +29,7 @@ def test_runs_killed_at_random_moments_complete_verified_and_as_accurate(tmp_pat
     assert result["checksum_failures"] == 0, result["details"]["checksum_failures"]
     assert result["leftover_files"] == 0, result["details"]["leftover_files"]
     assert result["redone_stages"] == 0, result["details"]["redone"]
-    assert abs(result["accuracy_delta"]) <= 1.0, result["accuracy"]
+    # Resuming restores models, optimizers, RNG, data position and augmentation draws: a killed run
+    # ends exactly where an uninterrupted one does.
+    assert result["accuracy_delta"] == 0.0, result["accuracy"]
     assert done.returncode == 0

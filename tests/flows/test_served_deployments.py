@@ -196,7 +196,10 @@ def test_prefect_ui_shows_state_tasks_logs_and_artifacts(server, served_runs, tm
     print(f"screenshots: {tmp_path}")
 
 
-def test_killed_serve_process_then_a_new_run_finishes_the_iteration(server, serve, served_runs, tmp_path):
+@pytest.fixture(scope="module")
+def killed_serve(server, serve, served_runs):
+    """Iteration 3 started through `noisy-student/iter`, its serve process killed mid-training, then
+    `selftrain serve` started again and the same deployment run once more."""
     run_dir = served_runs["run_dir"]
     before = manifest(run_dir)
     weights_before = {k: v["stages"]["train"].get("artifacts") for k, v in before["iterations"].items()}
@@ -218,7 +221,17 @@ def test_killed_serve_process_then_a_new_run_finishes_the_iteration(server, serv
     serve.start()  # the same command again, as a user would after a reboot
     code, resumed_run, output = run_deployment(server, "noisy-student/iter", served_runs["params"])
     assert code == 0, output[-3000:]
+    return {
+        "run_dir": run_dir,
+        "weights_before": weights_before,
+        "pseudo_done": pseudo_done,
+        "killed_run": killed_run,
+        "resumed_run": resumed_run,
+    }
 
+
+def test_killed_serve_process_then_a_new_run_finishes_the_iteration(server, killed_serve):
+    run_dir, pseudo_done = killed_serve["run_dir"], killed_serve["pseudo_done"]
     final = manifest(run_dir)
     assert final["iterations"]["3"]["stages"]["train"]["state"] == "done"
     assert final["teacher_iteration"] == 3
@@ -226,19 +239,13 @@ def test_killed_serve_process_then_a_new_run_finishes_the_iteration(server, serv
     # Nothing finished was redone: iteration 3's labels (made by teacher 2 before the kill) and the
     # earlier models are untouched.
     assert final["iterations"]["2"]["stages"]["pseudolabel"] == pseudo_done
-    for k, artifacts in weights_before.items():
+    for k, artifacts in killed_serve["weights_before"].items():
         assert final["iterations"][k]["stages"]["train"].get("artifacts") == artifacts
-    tasks = server.task_run_names(resumed_run)
+    tasks = server.task_run_names(killed_serve["resumed_run"])
     assert "train-student" in tasks
     assert not {"train-teacher", "pseudolabel-shards", "balance"} & set(tasks)
     card = json.loads((run_dir / "iter-003" / "model.json").read_text())
     assert card["resumed_from_step"] is not None and card["resumed_from_step"] >= 10
-
-    # The killed run does not stay "Running" in the UI: missed heartbeats mark it Crashed.
-    deadline = time.monotonic() + 240
-    while server.flow_run(killed_run)["state"]["type"] != "CRASHED":
-        assert time.monotonic() < deadline, f"killed run still {server.flow_run(killed_run)['state']}"
-        time.sleep(2)
 
 
 # -- one writer per run directory, and input errors shown as the run's state -----------------------
@@ -294,3 +301,13 @@ def test_input_errors_fail_the_deployment_run_with_the_line_as_state_message(
     assert state["type"] == "FAILED"
     assert fragment in state["message"] and "\n" not in state["message"]
     assert "Traceback" not in state["message"] and not run_dir.exists()
+
+
+# Last in the file: the heartbeats take about 90 s to go missing, which the tests above overlap.
+def test_killed_run_is_marked_crashed_once_its_heartbeats_stop(server, killed_serve):
+    """The killed run does not stay "Running" in the UI: missed heartbeats mark it Crashed."""
+    killed_run = killed_serve["killed_run"]
+    deadline = time.monotonic() + 240
+    while server.flow_run(killed_run)["state"]["type"] != "CRASHED":
+        assert time.monotonic() < deadline, f"killed run still {server.flow_run(killed_run)['state']}"
+        time.sleep(2)

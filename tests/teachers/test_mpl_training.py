@@ -104,7 +104,7 @@ def test_mpl_teacher_recorded_done_is_not_redone_when_the_student_was_not(mpl_ru
 
 
 @pytest.mark.integration
-def test_killed_mpl_run_resumes_to_the_same_result(digits_master, tmp_path):
+def test_killed_mpl_run_resumes_to_the_same_result(digits_master, tmp_path, prefect_api):
     run = tmp_path / "run"
     overrides = [*QUICK_TEACHER, *QUICK_MPL, "mpl.steps=40"]
     straight = tmp_path / "straight"
@@ -121,13 +121,14 @@ def test_killed_mpl_run_resumes_to_the_same_result(digits_master, tmp_path):
     ]
     for o in overrides:
         cmd += ["--set", o]
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    # The session's Prefect server: three runs would otherwise start three temporary ones.
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
     # The reference runs in a process of its own too: same threads and environment as the killed
     # run (in this pytest process, earlier tests may have changed torch's global state).
     reference_cmd = [str(straight) if c == str(run) else c for c in cmd]
     done = subprocess.run(reference_cmd, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    # Its own session, so the kill also takes the ephemeral Prefect server it started (no orphan).
+    # Its own session, so the kill takes every process the run started.
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
