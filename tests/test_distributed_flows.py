@@ -10,7 +10,7 @@ import yaml
 
 from selftrain.runstore import RunStore
 from tests.conftest import QUICK_TEACHER
-from tests.flows.conftest import FLOW_CONFIG, prefect_api  # noqa: F401 - the session's Prefect API
+from tests.flows.conftest import FLOW_CONFIG
 from tests.teachers.test_mpl_training import QUICK_MPL
 
 pytestmark = pytest.mark.integration
@@ -38,7 +38,7 @@ def _task_logs(flow_run_id) -> list[tuple[str, str]]:
     return out
 
 
-def test_mpl_flow_trains_every_stage_with_two_ranks(prefect_api, digits_master, tmp_path):  # noqa: F811
+def test_mpl_flow_trains_every_stage_with_two_ranks(prefect_api, digits_master, tmp_path):
     from flows.meta_pseudo_labels import meta_pseudo_labels
 
     run = tmp_path / "run"
@@ -65,7 +65,7 @@ def test_mpl_flow_trains_every_stage_with_two_ranks(prefect_api, digits_master, 
     assert any("done mpl: iteration 2" in m and "world_size 2" in m for m in done), done
 
 
-def test_noisy_student_run_command_with_nproc_per_node(prefect_api, digits_master, tmp_path):  # noqa: F811
+def test_noisy_student_run_command_with_nproc_per_node(prefect_api, digits_master, tmp_path):
     from commands.cli import main
 
     run = tmp_path / "run"
