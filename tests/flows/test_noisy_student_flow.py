@@ -17,11 +17,30 @@ def _mtime(path):
     return path.stat().st_mtime_ns
 
 
-def test_flow_trains_teacher_then_students_and_never_redoes_a_stage(prefect_api, digits_master, tmp_path):
+def _weights_sha256(run) -> dict[str, str]:
+    import hashlib
+
+    return {
+        str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(run.glob("iter-*/model.safetensors"))
+    }
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_api, digits_master, tmp_path_factory):
+    """One flow run of FLOW_CONFIG (teacher + one student): its rows, and its weights' sha256 before
+    any test adds to it."""
     from flows.noisy_student import noisy_student
 
-    run = tmp_path / "run"
+    run = tmp_path_factory.mktemp("flow") / "run"
     rows = noisy_student(run_dir=str(run), data=str(digits_master), config=FLOW_CONFIG, iterations=1)
+    return {"run": run, "rows": rows, "weights": _weights_sha256(run)}
+
+
+def test_flow_trains_teacher_then_students_and_never_redoes_a_stage(first_run):
+    from flows.noisy_student import noisy_student
+
+    run, rows = first_run["run"], first_run["rows"]
     assert [(r["iteration"], r["role"], r["state"]) for r in rows] == [
         (0, "teacher", "done"),
         (1, "student", "done"),
@@ -100,16 +119,7 @@ def test_killed_flow_resumes_without_redoing_finished_stages(prefect_api, digits
     assert store.stage_state(1, "promote") == "done"
 
 
-def _weights_sha256(run) -> dict[str, str]:
-    import hashlib
-
-    return {
-        str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(run.glob("iter-*/model.safetensors"))
-    }
-
-
-def test_same_seed_same_weights_inside_the_flow(prefect_api, digits_master, tmp_path):
+def test_same_seed_same_weights_inside_the_flow(first_run, digits_master, tmp_path):
     """Two flow runs of one config train bit-identical models, teacher and student alike.
 
     Augmentation is reseeded per batch from the stream's seed and position, so the draws Prefect's
@@ -117,13 +127,11 @@ def test_same_seed_same_weights_inside_the_flow(prefect_api, digits_master, tmp_
     """
     from flows.noisy_student import noisy_student
 
-    hashes = []
-    for name in ("a", "b"):
-        noisy_student(run_dir=str(tmp_path / name), data=str(digits_master), config=FLOW_CONFIG, iterations=1)
-        hashes.append(_weights_sha256(tmp_path / name))
-    assert len(hashes[0]) == 2 and hashes[0] == hashes[1]
-    other = tmp_path / "seed1"
+    first = first_run["weights"]
+    noisy_student(run_dir=str(tmp_path / "b"), data=str(digits_master), config=FLOW_CONFIG, iterations=1)
+    assert len(first) == 2 and _weights_sha256(tmp_path / "b") == first
+    other = tmp_path / "seed1"  # and another seed trains another teacher (no student needed)
     noisy_student(
-        run_dir=str(other), data=str(digits_master), config={**FLOW_CONFIG, "seed": 1}, iterations=1
+        run_dir=str(other), data=str(digits_master), config={**FLOW_CONFIG, "seed": 1}, iterations=0
     )
-    assert _weights_sha256(other)["iter-000/model.safetensors"] != hashes[0]["iter-000/model.safetensors"]
+    assert _weights_sha256(other)["iter-000/model.safetensors"] != first["iter-000/model.safetensors"]
