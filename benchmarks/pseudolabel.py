@@ -7,16 +7,21 @@ Builds, in a temporary folder, the digits data set and its default teacher (resn
 32x32 input; trained only briefly: throughput does not depend on how well it is trained), then
 64x64 grayscale synthetic PNG shards of 10,000 and 40,000 images (1,000 per shard). Each size is
 labeled by the real entry point (`pseudolabel_iteration`: read shards -> decode -> resize ->
-forward -> write sidecars, then filter/balance) in a fresh subprocess, so each reports its own
-peak resident memory. In the same subprocess, with the same threads:
+forward -> write sidecars, then filter/balance once every shard is labeled) in a fresh
+subprocess, so each reports its own peak resident memory. The labeling runs in 8 chunks of shards
+(`pseudolabel_iteration(shards=...)`); before each chunk, in the same process with the same
+threads, it measures:
 
-- model: the model alone on in-memory tensors of the same batch size, before and after the
-  pipeline (drift on a shared machine hits both);
-- decode: the cheapest decode + resize of the same images alone (their bytes already in memory;
-  the faster of PIL with the format named and torchvision's decoder + torch's antialiased resize,
-  each to the uint8 tensor the model's batch is made of);
-- limit = 1 / (per-image model time + per-image decode time): on a CPU the same cores must both
-  decode and run the model, so no pipeline can beat it;
+- model: the model alone on in-memory tensors of the same batch size (half a chunk's images);
+- decode: the cheapest decode + resize of the same images alone (4,000 of them, their bytes
+  already in memory; the faster of PIL with the format named and torchvision's decoder + torch's
+  antialiased resize, each to the uint8 tensor the model's batch is made of).
+
+The limit of a chunk = its images x (per-image model time + per-image decode time): on a CPU the
+same cores must both decode and run the model. `ratio_to_limit` pools the chunks (their limit
+seconds / their pipeline seconds) and `ratio_to_limit_chunks` lists each: measured side by side,
+a shared machine's drift (20% within a minute here) hits pipeline and limit alike.
+
 - peer (10k only): the plain pipeline a user would write with the same model: webdataset
   `.decode("pil")` (`"pill"`, its grayscale form, for a 1-channel model) + torchvision's
   Resize/ToTensor/Normalize + a torch DataLoader, writing the same soft labels (float16, one file
@@ -29,7 +34,8 @@ for 10k and 40k images (streaming); label bytes <= 2% of image bytes. `--json` k
 pipeline_images_per_s, model_images_per_s, ratio (pipeline / model), decode_images_per_s,
 limit_images_per_s, ratio_to_limit (of the 40k run), peer_images_per_s, speedup_vs_peer (pipeline /
 peer, 10k run), peer_workers, peak_rss_mb_10k, peak_rss_mb_40k, label_bytes_per_image,
-image_bytes_per_image (of the 10k shards: stored shard bytes, tar overhead included), load_average.
+image_bytes_per_image (of the 10k shards: stored shard bytes, tar overhead included), load_average,
+ratio_to_limit_chunks and decode_us_rounds (of the 40k run: per chunk; per way to decode, per chunk).
 The measuring functions take a device: `benchmarks/gpu_check.sh` runs them on CUDA.
 """
 
@@ -42,6 +48,7 @@ import logging
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,6 +65,7 @@ sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resol
 SIDE = 64
 PER_SHARD = 1000
 SIZES = (10_000, 40_000)
+CHUNKS = 8
 TEACHER_STEPS = 60
 
 
@@ -193,8 +201,11 @@ def raw_images(dataset, limit: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def decode_alone(images: list[tuple[str, bytes]], size: int, channels: int) -> dict[str, float]:
-    """Seconds per image of each way to go from bytes to the uint8 (C, size, size) tensor."""
+def decode_alone(
+    images: list[tuple[str, bytes]], size: int, channels: int, rounds: int = 1
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Seconds per image of each way to go from bytes to the uint8 (C, size, size) tensor: the
+    median of its rounds, and every round."""
     import torch
     from torchvision.io import ImageReadMode, decode_image
 
@@ -215,15 +226,19 @@ def decode_alone(images: list[tuple[str, bytes]], size: int, channels: int) -> d
         x = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=read_mode)
         return resize_batch(x.unsqueeze(0), size)[0]
 
-    out = {}
-    for name, fn in (("pil", pil), ("torchvision", tv)):
+    # The ways take turns round by round, so drift on a shared machine hits them alike.
+    ways = {"pil": pil, "torchvision": tv}
+    for fn in ways.values():
         for ext, data in images[:20]:  # warm-up
             fn(ext, data)
-        started = time.perf_counter()
-        for ext, data in images:
-            fn(ext, data)
-        out[name] = (time.perf_counter() - started) / len(images)
-    return out
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(rounds):
+        for name, fn in ways.items():
+            started = time.perf_counter()
+            for ext, data in images:
+                fn(ext, data)
+            times[name].append((time.perf_counter() - started) / len(images))
+    return {name: statistics.median(t) for name, t in times.items()}, times
 
 
 def peer_pipeline(dataset, teacher, batch_size: int, workers: int, out_dir: Path) -> tuple[int, float]:
@@ -288,19 +303,37 @@ def child(
     dataset = load_dataset(store.data_dir())
     device = torch.device(device_name)
     teacher = load_teacher(store, 0, dataset, device)
-    images = dataset.split("unlabeled").total
-    batch = cfg.pseudolabel.batch_size
-    model_batches = max(4, images // batch // 2)
-    n1, t1 = model_alone(teacher, batch, model_batches)
+    split = dataset.split("unlabeled")
+    images, batch = split.total, cfg.pseudolabel.batch_size
     sample = raw_images(dataset, min(images, 4000))
-    decode_s = decode_alone(sample, teacher.image_size, dataset.info.channels)
+    # The labeling runs in chunks of shards through the real entry point, each chunk preceded by
+    # the model alone and the decode alone: the limit of every chunk is measured beside it, so a
+    # shared machine's drift (single measurements moved 20% within a minute) hits both alike.
+    chunks = [
+        c.tolist() for c in np.array_split(np.arange(len(split.shards)), min(CHUNKS, len(split.shards)))
+    ]
+    model_batches = max(2, images // batch // len(chunks) // 2)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
-    result = pseudolabel_iteration(store, 0, device=device, num_workers=workers)
-    total = time.perf_counter() - started
+    parts, selection_s = [], 0.0
+    for chunk in chunks:
+        n_model, t_model = model_alone(teacher, batch, model_batches)
+        decode_s, _ = decode_alone(sample, teacher.image_size, dataset.info.channels, rounds=1)
+        started = time.perf_counter()
+        result = pseudolabel_iteration(store, 0, shards=chunk, device=device, num_workers=workers)
+        labeling = result["labeling"]
+        selection_s += time.perf_counter() - started - labeling["seconds"]
+        parts.append(
+            {
+                "images": labeling["labeled_images"],
+                "seconds": labeling["seconds"],
+                "model_s": t_model / n_model,
+                "model_images": n_model,
+                "model_seconds": t_model,
+                "decode_s": decode_s,
+            }
+        )
     peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0
-    n2, t2 = model_alone(teacher, batch, model_batches)
     peer_result = {}
     if peer:
         runs = []
@@ -319,21 +352,26 @@ def child(
     label_bytes = sum(p.stat().st_size for p in out_dir.glob("*.labels.*"))
     image_bytes = sum(dataset.shard_path(e).stat().st_size for e in dataset.split("unlabeled").shards)
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    model_s = (t1 + t2) / (n1 + n2)
-    cheapest = min(decode_s.values())
-    pipeline = labeling["labeled_images"] / labeling["seconds"]
+    labeled = sum(p["images"] for p in parts)
+    pipeline_s = sum(p["seconds"] for p in parts)
+    limit_s = sum(p["images"] * (p["model_s"] + min(p["decode_s"].values())) for p in parts)
+    decode_us = {k: statistics.median(p["decode_s"][k] for p in parts) * 1e6 for k in parts[0]["decode_s"]}
     return {
         "images": images,
-        "labeled": labeling["labeled_images"],
-        "pipeline_seconds": labeling["seconds"],
-        "pipeline_images_per_s": pipeline,
-        "model_images_per_s": 1 / model_s,
-        "decode_images_per_s": 1 / cheapest,
-        "decode_us": {k: round(v * 1e6, 1) for k, v in decode_s.items()},
-        "limit_images_per_s": 1 / (model_s + cheapest),
-        "ratio_to_limit": pipeline * (model_s + cheapest),
+        "labeled": labeled,
+        "pipeline_seconds": pipeline_s,
+        "pipeline_images_per_s": labeled / pipeline_s,
+        "model_images_per_s": sum(p["model_images"] for p in parts) / sum(p["model_seconds"] for p in parts),
+        "decode_images_per_s": 1e6 / min(decode_us.values()),
+        "decode_us": {k: round(v, 1) for k, v in decode_us.items()},
+        "decode_us_rounds": {k: [round(p["decode_s"][k] * 1e6, 1) for p in parts] for k in decode_us},
+        "limit_images_per_s": labeled / limit_s,
+        "ratio_to_limit": limit_s / pipeline_s,
+        "ratio_to_limit_chunks": [
+            round(p["images"] * (p["model_s"] + min(p["decode_s"].values())) / p["seconds"], 3) for p in parts
+        ],
         **peer_result,
-        "selection_seconds": total - labeling["seconds"],
+        "selection_seconds": selection_s,
         "threads": torch.get_num_threads(),
         "batch_size": batch,
         "workers": workers,
@@ -418,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         "model_images_per_s": round(big["model_images_per_s"], 1),
         "ratio": round(big["pipeline_images_per_s"] / big["model_images_per_s"], 3),
         "decode_images_per_s": round(big["decode_images_per_s"], 1),
+        "decode_us_rounds": big["decode_us_rounds"],
+        "ratio_to_limit_chunks": big["ratio_to_limit_chunks"],
         "limit_images_per_s": round(big["limit_images_per_s"], 1),
         "ratio_to_limit": round(big["ratio_to_limit"], 3),
         "peer_images_per_s": round(small["peer_images_per_s"], 1),
