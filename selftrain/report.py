@@ -145,7 +145,7 @@ def gain_notes(done: list[dict[str, Any]]) -> list[str]:
             f"{noise:.2f} points on {teacher['test_count']} images)"
         )
     best = max(students, key=lambda r: (r["test_accuracy"], -r["iteration"]))
-    if best is not final and best["test_accuracy"] > teacher["test_accuracy"]:
+    if best["test_accuracy"] > max(final["test_accuracy"], teacher["test_accuracy"]):
         notes.append(
             f"test accuracy peaked at iteration {best['iteration']} ({best['test_accuracy'] * 100:.2f}%) "
             f"and fell to {final['test_accuracy'] * 100:.2f}% by iteration {final['iteration']}: "
