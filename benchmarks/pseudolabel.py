@@ -201,11 +201,8 @@ def raw_images(dataset, limit: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def decode_alone(
-    images: list[tuple[str, bytes]], size: int, channels: int, rounds: int = 1
-) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Seconds per image of each way to go from bytes to the uint8 (C, size, size) tensor: the
-    median of its rounds, and every round."""
+def decode_alone(images: list[tuple[str, bytes]], size: int, channels: int) -> dict[str, float]:
+    """Seconds per image of each way to go from bytes to the uint8 (C, size, size) tensor."""
     import torch
     from torchvision.io import ImageReadMode, decode_image
 
@@ -226,19 +223,15 @@ def decode_alone(
         x = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=read_mode)
         return resize_batch(x.unsqueeze(0), size)[0]
 
-    # The ways take turns round by round, so drift on a shared machine hits them alike.
-    ways = {"pil": pil, "torchvision": tv}
-    for fn in ways.values():
+    out = {}
+    for name, fn in (("pil", pil), ("torchvision", tv)):
         for ext, data in images[:20]:  # warm-up
             fn(ext, data)
-    times: dict[str, list[float]] = {name: [] for name in ways}
-    for _ in range(rounds):
-        for name, fn in ways.items():
-            started = time.perf_counter()
-            for ext, data in images:
-                fn(ext, data)
-            times[name].append((time.perf_counter() - started) / len(images))
-    return {name: statistics.median(t) for name, t in times.items()}, times
+        started = time.perf_counter()
+        for ext, data in images:
+            fn(ext, data)
+        out[name] = (time.perf_counter() - started) / len(images)
+    return out
 
 
 def peer_pipeline(dataset, teacher, batch_size: int, workers: int, out_dir: Path) -> tuple[int, float]:
@@ -318,19 +311,20 @@ def child(
     parts, selection_s = [], 0.0
     for chunk in chunks:
         n_model, t_model = model_alone(teacher, batch, model_batches)
-        decode_s, _ = decode_alone(sample, teacher.image_size, dataset.info.channels, rounds=1)
+        decode_s = decode_alone(sample, teacher.image_size, dataset.info.channels)
         started = time.perf_counter()
         result = pseudolabel_iteration(store, 0, shards=chunk, device=device, num_workers=workers)
         labeling = result["labeling"]
         selection_s += time.perf_counter() - started - labeling["seconds"]
+        n = labeling["labeled_images"]
         parts.append(
             {
-                "images": labeling["labeled_images"],
+                "images": n,
                 "seconds": labeling["seconds"],
-                "model_s": t_model / n_model,
                 "model_images": n_model,
                 "model_seconds": t_model,
                 "decode_s": decode_s,
+                "limit_seconds": n * (t_model / n_model + min(decode_s.values())),
             }
         )
     peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0
@@ -350,11 +344,11 @@ def child(
     labeling = result["labeling"]
     out_dir = pseudo_dir(store, 0)
     label_bytes = sum(p.stat().st_size for p in out_dir.glob("*.labels.*"))
-    image_bytes = sum(dataset.shard_path(e).stat().st_size for e in dataset.split("unlabeled").shards)
+    image_bytes = sum(dataset.shard_path(e).stat().st_size for e in split.shards)
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     labeled = sum(p["images"] for p in parts)
     pipeline_s = sum(p["seconds"] for p in parts)
-    limit_s = sum(p["images"] * (p["model_s"] + min(p["decode_s"].values())) for p in parts)
+    limit_s = sum(p["limit_seconds"] for p in parts)
     decode_us = {k: statistics.median(p["decode_s"][k] for p in parts) * 1e6 for k in parts[0]["decode_s"]}
     return {
         "images": images,
@@ -367,9 +361,7 @@ def child(
         "decode_us_rounds": {k: [round(p["decode_s"][k] * 1e6, 1) for p in parts] for k in decode_us},
         "limit_images_per_s": labeled / limit_s,
         "ratio_to_limit": limit_s / pipeline_s,
-        "ratio_to_limit_chunks": [
-            round(p["images"] * (p["model_s"] + min(p["decode_s"].values())) / p["seconds"], 3) for p in parts
-        ],
+        "ratio_to_limit_chunks": [round(p["limit_seconds"] / p["seconds"], 3) for p in parts],
         **peer_result,
         "selection_seconds": selection_s,
         "threads": torch.get_num_threads(),
