@@ -74,6 +74,7 @@ class LabelSpec:
     mode: LabelMode
     temperature: float
     top_k: int | None
+    hflip_average: bool
 
     @classmethod
     def from_card(cls, card: dict[str, Any], cfg: PseudoLabelConfig) -> LabelSpec:
@@ -87,6 +88,7 @@ class LabelSpec:
             mode=mode,
             temperature=float(cfg.temperature),
             top_k=min(cfg.top_k, num_classes) if mode == "topk" else None,
+            hflip_average=bool(cfg.hflip_average),
         )
 
     @classmethod
@@ -341,7 +343,7 @@ def _label(
                     batch, dataset, entries[batch.shard], teacher, per_image, skip_corrupt, skipped_here
                 )
                 if keys:
-                    probs = teacher.probabilities(per_batch(images), spec.temperature)
+                    probs = teacher.probabilities(per_batch(images), spec.temperature, spec.hflip_average)
                     sidecar.writer.write(keys, **label_fields(probs, spec))
             if batch.last:
                 skipped = batch.skipped + skipped_here.pop(batch.shard, 0)

@@ -105,6 +105,7 @@ def write_selection(store: RunStore, dataset: Dataset, iteration: int, cfg: RunC
         "teacher_weights_sha256": spec.teacher_weights_sha256,
         "mode": spec.mode,
         "temperature": spec.temperature,
+        "hflip_average": spec.hflip_average,
         "top_k": spec.top_k,
         "confidence_threshold": pl.confidence_threshold,
         "images_per_class": selection.images_per_class,

@@ -192,6 +192,11 @@ class MPLConfig(_Strict):
         True,
         description="Start the MPL teacher from the supervised teacher (iteration 0) when architectures match.",
     )
+    init_student_from_supervised: bool = Field(
+        False,
+        description="Start the MPL student from the supervised teacher's weights (every tensor whose name and "
+        "shape match) instead of a random init.",
+    )
     steps: int = Field(600, ge=1, description="Joint teacher/student steps.")
     batch_size: int = Field(16, ge=1, description="Labeled images per step.")
     unlabeled_ratio: int = Field(7, ge=1, description="Unlabeled images per step = ratio x batch_size (mu).")
@@ -247,6 +252,11 @@ class PseudoLabelConfig(_Strict):
     """Teacher inference over the unlabeled shards and the Noisy Student filter/balance step."""
 
     temperature: float = Field(1.0, gt=0, le=100, description="Soft label = softmax(logits / temperature).")
+    hflip_average: bool = Field(
+        False,
+        description="Average the teacher's probabilities over each image and its mirror image; for data whose "
+        "mirror image is the same class (photos), not for symbols.",
+    )
     mode: Literal["auto", "soft", "hard", "topk"] = Field(
         "auto",
         description="Stored label: full soft, one-hot hard, or top-k sparse; auto = topk above 100 classes.",

@@ -38,6 +38,18 @@ def build_model(
         raise SelftrainError(f"{field}: {name} does not accept these options ({exc})") from None
 
 
+def load_matching(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> int:
+    """Copy every tensor whose name and shape match into `model`; returns how many were copied.
+
+    A student that grows from its teacher (resnet10t -> resnet18t) starts as the teacher's function:
+    the shared tensors are copied and the added blocks are zero-initialised residuals.
+    """
+    own = model.state_dict()
+    matching = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(matching, strict=False)
+    return len(matching)
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -40,7 +40,7 @@ from selftrain.device import autocast, prepare_model, seed_everything, to_device
 from selftrain.engine import ProgressHook, TrainLoop
 from selftrain.errors import SelftrainError
 from selftrain.ladder import ladder_phi, ladder_step
-from selftrain.models import build_model, count_parameters
+from selftrain.models import build_model, count_parameters, load_matching
 from selftrain.noise import noised_transform
 from selftrain.optim import build_optimizer, build_scheduler
 from selftrain.runstore import RunStore
@@ -116,14 +116,6 @@ def selection_scalars(selection: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def _init_from(student: torch.nn.Module, teacher_weights: dict[str, torch.Tensor]) -> int:
-    """Copy every teacher tensor whose name and shape match; returns how many were copied."""
-    own = student.state_dict()
-    matching = {k: v for k, v in teacher_weights.items() if k in own and own[k].shape == v.shape}
-    student.load_state_dict(matching, strict=False)
-    return len(matching)
-
-
 @dataclass
 class StudentSetup:
     """Everything one student iteration trains with; `train_student` and the benchmark share it."""
@@ -175,7 +167,7 @@ def prepare_student(
             f"{teacher_card['architecture']} ({teacher_card['params']:,}); Noisy Student needs an equal-or-larger student"
         )
     if sc.init_from_teacher:
-        log.info("initialised %d tensors from the teacher", _init_from(model, teacher_weights))
+        log.info("initialised %d tensors from the teacher", load_matching(model, teacher_weights))
     model = prepare_model(model, device)
     trained = distributed.wrap(model, device)  # `model` (bare) is evaluated, averaged and saved
     # From the teacher's weights the average starts from a good model and decays at a constant

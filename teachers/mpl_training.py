@@ -30,7 +30,7 @@ from selftrain.data.stream import SplitStream, make_loader
 from selftrain.device import autocast, prepare_model, seed_everything, to_device
 from selftrain.engine import ProgressHook, TrainLoop
 from selftrain.modelcard import build_card
-from selftrain.models import build_model
+from selftrain.models import build_model, load_matching
 from selftrain.noise import noised_transform
 from selftrain.optim import build_optimizer, build_scheduler
 from selftrain.runstore import RunStore
@@ -106,6 +106,9 @@ def train_mpl(
         if card["architecture"] == mc.teacher_model:
             teacher.load_state_dict(weights)
             log.info("MPL teacher starts from the supervised teacher (iteration 0)")
+    if mc.init_student_from_supervised:
+        weights, _ = store.load_weights(0)
+        log.info("MPL student: %d tensors from the supervised teacher", load_matching(student, weights))
     teacher, student = prepare_model(teacher, device), prepare_model(student, device)
     # The bare modules are optimised, averaged, evaluated and saved; the wrappers train.
     t_train, s_train = distributed.wrap(teacher, device), distributed.wrap(student, device)

@@ -33,7 +33,7 @@ def _all_labels(store):
     return parts
 
 
-def _teacher_outputs(store, temperature: float = 1.0) -> dict[str, np.ndarray]:
+def _teacher_outputs(store, temperature: float = 1.0, mirror: bool = False) -> dict[str, np.ndarray]:
     """The teacher's softmax on every unlabeled image, computed the plain way (no pseudolabel code)."""
     dataset = load_dataset(store.data_dir())
     card = store.card(0)
@@ -45,7 +45,7 @@ def _teacher_outputs(store, temperature: float = 1.0) -> dict[str, np.ndarray]:
     out = {}
     with torch.inference_mode():
         for x, keys in make_loader(stream, 512, 0, CPU):
-            p = torch.softmax(model(x) / temperature, 1)
+            p = torch.softmax(model(x.flip(-1) if mirror else x) / temperature, 1)
             out.update(zip(keys, p.numpy(), strict=True))
     return out
 
@@ -75,6 +75,24 @@ def test_temperature_softens(make_run):
     part = read_sidecar(sidecar_path(pseudo_dir(store, 0), "unlabeled-000000.tar"), 10)
     want = np.stack([expected[k] for k in part.keys])
     np.testing.assert_allclose(part.prob.astype(np.float32), want, atol=1e-3)
+
+
+def test_hflip_average_labels_with_the_mean_of_the_image_and_its_mirror(make_run, set_pseudolabel_config):
+    store = make_run(hflip_average=True)
+    _label(store, [0])
+    plain, mirrored = _teacher_outputs(store), _teacher_outputs(store, mirror=True)
+    part = read_sidecar(sidecar_path(pseudo_dir(store, 0), "unlabeled-000000.tar"), 10)
+    want = np.stack([(plain[k] + mirrored[k]) / 2 for k in part.keys])
+    assert np.abs(want - np.stack([plain[k] for k in part.keys])).max() > 0.05  # the mirror changes labels
+    np.testing.assert_allclose(part.prob.astype(np.float32), want, atol=1e-3)
+    # A sidecar records how it was made: turning the average off labels the shard again.
+    set_pseudolabel_config(store, hflip_average=False)
+    again = _label(store, [0])
+    assert {s.status for s in again.shards} == {"labeled"}
+    part = read_sidecar(sidecar_path(pseudo_dir(store, 0), "unlabeled-000000.tar"), 10)
+    np.testing.assert_allclose(
+        part.prob.astype(np.float32), np.stack([plain[k] for k in part.keys]), atol=1e-3
+    )
 
 
 def test_hard_labels_are_one_hot_of_the_argmax(make_run):
