@@ -103,6 +103,28 @@ def test_mpl_teacher_recorded_done_is_not_redone_when_the_student_was_not(mpl_ru
     assert weights.stat().st_mtime_ns == mtime
 
 
+def test_mpl_student_can_start_from_the_supervised_teacher(mpl_run, tmp_path):
+    """The photo recipe's MPL student starts as the supervised teacher: before its first update
+    (one joint step, the student waiting) its saved weights are the teacher's, tensor for tensor."""
+    import shutil
+
+    from teachers.mpl_training import STUDENT_IT, train_mpl
+
+    run = tmp_path / "run"
+    shutil.copytree(mpl_run, run)
+    store = RunStore(run)
+    store.mark_stage(STUDENT_IT, "train", "interrupted")
+    cfg = store.config()
+    mpl = cfg.mpl.model_copy(
+        update={"init_student_from_supervised": True, "steps": 1, "student_wait_steps": 1, "warmup_steps": 0}
+    )
+    train_mpl(store, load_dataset(store.data_dir()), cfg.model_copy(update={"mpl": mpl}), torch.device("cpu"))
+    student, _ = store.load_weights(STUDENT_IT)
+    supervised, _ = store.load_weights(0)
+    assert student.keys() == supervised.keys()
+    assert [k for k in supervised if not torch.equal(student[k], supervised[k])] == []
+
+
 @pytest.mark.integration
 def test_killed_mpl_run_resumes_to_the_same_result(digits_master, tmp_path, prefect_api):
     run = tmp_path / "run"
