@@ -85,8 +85,15 @@ def filter_and_balance(
     threshold: float = 0.3,
     images_per_class: int | None = None,
     seed: int = 0,
+    keep_fraction: float | None = None,
 ) -> Selection:
-    """Filter by confidence, then give every non-empty predicted class exactly N copies."""
+    """Filter by confidence, then give every non-empty predicted class exactly N copies.
+
+    `keep_fraction` raises the threshold to the confidence of the most confident share of the
+    images (ties at that confidence are all kept): a student is more confident than its teacher
+    on the images it trained on, so a fixed threshold keeps more labels, and less accurate ones,
+    every iteration; a fixed share keeps the most trustworthy labels of each labeler.
+    """
     keys = np.asarray(keys, dtype=str)
     cls = np.asarray(cls, dtype=np.int64)
     conf = np.asarray(conf, dtype=np.float32)
@@ -94,6 +101,12 @@ def filter_and_balance(
         raise ValueError("keys, cls and conf must have the same length")
     if len(cls) and (cls.min() < 0 or cls.max() >= num_classes):
         raise ValueError(f"class ids must be in 0..{num_classes - 1}")
+    if keep_fraction is not None:
+        if not 0 < keep_fraction <= 1:
+            raise ValueError("keep_fraction must be in (0, 1]")
+        if len(conf):
+            k = max(1, int(np.ceil(keep_fraction * len(conf))))
+            threshold = max(float(threshold), float(np.sort(conf)[::-1][k - 1]))
     confident = conf >= threshold
     predicted_counts = np.bincount(cls, minlength=num_classes)
     confident_counts = np.bincount(cls[confident], minlength=num_classes)

@@ -88,6 +88,7 @@ def write_selection(store: RunStore, dataset: Dataset, iteration: int, cfg: RunC
         pl.confidence_threshold,
         pl.images_per_class,
         seed=cfg.seed + iteration,
+        keep_fraction=pl.keep_fraction,
     )
     stats = selection_stats(
         keys, cls, conf, selection, dataset.info.classes, dataset.unlabeled_truth(), skipped
@@ -97,7 +98,7 @@ def write_selection(store: RunStore, dataset: Dataset, iteration: int, cfg: RunC
         out_dir / PLOT,
         stats,
         title=f"iteration {iteration}: {stats['images']} images, {stats['confident']} above "
-        f"{pl.confidence_threshold:g}, N = {selection.images_per_class} per class",
+        f"{selection.threshold:.3g}, N = {selection.images_per_class} per class",
     )
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -108,6 +109,8 @@ def write_selection(store: RunStore, dataset: Dataset, iteration: int, cfg: RunC
         "hflip_average": spec.hflip_average,
         "top_k": spec.top_k,
         "confidence_threshold": pl.confidence_threshold,
+        "keep_fraction": pl.keep_fraction,
+        "threshold_applied": selection.threshold,
         "images_per_class": selection.images_per_class,
         "images_per_class_from": selection.images_per_class_from,
         "seed": selection.seed,

@@ -266,6 +266,13 @@ class PseudoLabelConfig(_Strict):
     confidence_threshold: float = Field(
         0.3, ge=0, le=1, description="Images whose top probability is below this are dropped."
     )
+    keep_fraction: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Keep at most this share of the unlabeled images, the most confident (the threshold rises "
+        "to the confidence that keeps it); null = the confidence threshold alone.",
+    )
     shards_per_task: int = Field(
         2, ge=1, description="Unlabeled shards per parallel labeling task in the flows (the fan-out unit)."
     )

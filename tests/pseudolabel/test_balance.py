@@ -84,6 +84,24 @@ def test_default_n_is_median_of_nonempty_filtered_counts():
     assert sel.selected_counts.tolist() == [20, 20, 20, 0]
 
 
+def test_keep_fraction_keeps_the_most_confident_share_above_the_threshold():
+    """A student labels more images confidently than its teacher did: a fixed share keeps the
+    same number of its most confident labels where a fixed threshold would keep more."""
+    keys = np.array([f"k{i:03d}" for i in range(100)])
+    cls = np.arange(100) % 2
+    conf = np.linspace(0.01, 1.0, 100).astype(np.float32)
+    sel = filter_and_balance(keys, cls, conf, 2, threshold=0.3, keep_fraction=0.25, images_per_class=100)
+    assert sel.confident_counts.sum() == 25
+    assert sel.threshold == pytest.approx(conf[75])
+    assert set(np.asarray(keys)[sel.index]) == set(keys[75:])
+    # The threshold still applies when it is the stricter of the two.
+    assert (
+        filter_and_balance(keys, cls, conf, 2, threshold=0.9, keep_fraction=0.5).confident_counts.sum() == 11
+    )
+    with pytest.raises(ValueError, match="keep_fraction"):
+        filter_and_balance(keys, cls, conf, 2, keep_fraction=0.0)
+
+
 def test_nothing_confident_selects_nothing():
     keys, cls, conf = _data([5, 5])
     sel = filter_and_balance(keys, cls, conf * 0.1, 2, threshold=0.3)
