@@ -1,0 +1,49 @@
+"""benchmarks/label_quality.py: the figures docs/results.md chooses pseudo-label filters by."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from selftrain.data.dataset_info import load_dataset
+from selftrain.data.stream import SplitStream, make_loader
+from selftrain.models import build_model
+from selftrain.transforms import eval_transform
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "label_quality.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_label_quality", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_label_quality_scores_the_teacher_against_the_report_only_truth(run, capsys):
+    assert _bench().main([str(run.root), "--json", "--keep-fraction", "0.4"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)  # one trained iteration: the teacher
+    dataset = load_dataset(run.data_dir())
+    truth = dataset.unlabeled_truth()
+    # The plain way: the saved model's argmax on every unlabeled image, against the truth file.
+    card = run.card(0)
+    weights, _ = run.load_weights(0)
+    model = build_model(card["architecture"], num_classes=card["num_classes"], in_chans=card["in_chans"])
+    model.load_state_dict(weights)
+    model.eval()
+    stream = SplitStream(dataset, "unlabeled", eval_transform(card["input_size"][-1], 1), with_keys=True)
+    right = []
+    with torch.inference_mode():
+        for x, keys in make_loader(stream, 512, 0, torch.device("cpu")):
+            right += (model(x).argmax(1).numpy() == np.array([truth[k] for k in keys])).tolist()
+    assert row["plain"]["all"] == {"accuracy": round(float(np.mean(right)), 4), "count": len(truth)}
+    assert row["plain"]["keep_fraction"]["count"] == math.ceil(0.4 * len(truth))
+    assert row["plain"]["threshold"]["count"] < len(truth)
+    # The most confident labels are the more accurate ones (what a filter relies on).
+    assert row["plain"]["keep_fraction"]["accuracy"] > row["plain"]["all"]["accuracy"]
+    assert row["hflip"]["all"] != row["plain"]["all"]
