@@ -8,12 +8,9 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from selftrain.data.dataset_info import load_dataset
-from selftrain.data.stream import SplitStream, make_loader
-from selftrain.models import build_model
-from selftrain.transforms import eval_transform
+from tests.helpers import teacher_outputs
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "label_quality.py"
 
@@ -30,17 +27,8 @@ def test_label_quality_scores_the_teacher_against_the_report_only_truth(run, cap
     (row,) = json.loads(capsys.readouterr().out)  # one trained iteration: the teacher
     dataset = load_dataset(run.data_dir())
     truth = dataset.unlabeled_truth()
-    # The plain way: the saved model's argmax on every unlabeled image, against the truth file.
-    card = run.card(0)
-    weights, _ = run.load_weights(0)
-    model = build_model(card["architecture"], num_classes=card["num_classes"], in_chans=card["in_chans"])
-    model.load_state_dict(weights)
-    model.eval()
-    stream = SplitStream(dataset, "unlabeled", eval_transform(card["input_size"][-1], 1), with_keys=True)
-    right = []
-    with torch.inference_mode():
-        for x, keys in make_loader(stream, 512, 0, torch.device("cpu")):
-            right += (model(x).argmax(1).numpy() == np.array([truth[k] for k in keys])).tolist()
+    # The plain way: the saved teacher's argmax on every unlabeled image, against the truth file.
+    right = [int(p.argmax()) == truth[k] for k, p in teacher_outputs(run).items()]
     assert row["plain"]["all"] == {"accuracy": round(float(np.mean(right)), 4), "count": len(truth)}
     assert row["plain"]["keep_fraction"]["count"] == math.ceil(0.4 * len(truth))
     assert row["plain"]["threshold"]["count"] < len(truth)

@@ -13,10 +13,9 @@ from pseudolabel.sidecar import meta_path, read_meta, read_sidecar, sidecar_path
 from pseudolabel.teacher_model import load_teacher
 from selftrain.data.dataset_info import load_dataset
 from selftrain.data.shards import decode_sample, iter_shard
-from selftrain.data.stream import SplitStream, make_loader
 from selftrain.errors import SelftrainError
-from selftrain.models import build_model
 from selftrain.transforms import eval_transform
+from tests.helpers import teacher_outputs
 
 CPU = torch.device("cpu")
 
@@ -33,27 +32,10 @@ def _all_labels(store):
     return parts
 
 
-def _teacher_outputs(store, temperature: float = 1.0, mirror: bool = False) -> dict[str, np.ndarray]:
-    """The teacher's softmax on every unlabeled image, computed the plain way (no pseudolabel code)."""
-    dataset = load_dataset(store.data_dir())
-    card = store.card(0)
-    weights, _ = store.load_weights(0)
-    model = build_model(card["architecture"], num_classes=card["num_classes"], in_chans=card["in_chans"])
-    model.load_state_dict(weights)
-    model.eval()
-    stream = SplitStream(dataset, "unlabeled", eval_transform(card["input_size"][-1], 1), with_keys=True)
-    out = {}
-    with torch.inference_mode():
-        for x, keys in make_loader(stream, 512, 0, CPU):
-            p = torch.softmax(model(x.flip(-1) if mirror else x) / temperature, 1)
-            out.update(zip(keys, p.numpy(), strict=True))
-    return out
-
-
 def test_soft_labels_sum_to_one_and_equal_the_teacher(run):
     result = _label(run)
     assert result.spec.mode == "soft" and result.labeled_images == 1207
-    expected = _teacher_outputs(run)
+    expected = teacher_outputs(run)
     labels = _all_labels(run)
     keys = [k for part in labels for k in part.keys]
     assert sorted(keys) == sorted(expected)  # every image, once, under its own __key__
@@ -71,7 +53,7 @@ def test_soft_labels_sum_to_one_and_equal_the_teacher(run):
 def test_temperature_softens(make_run):
     store = make_run(temperature=3.0)
     _label(store, [0])
-    expected = _teacher_outputs(store, temperature=3.0)
+    expected = teacher_outputs(store, temperature=3.0)
     part = read_sidecar(sidecar_path(pseudo_dir(store, 0), "unlabeled-000000.tar"), 10)
     want = np.stack([expected[k] for k in part.keys])
     np.testing.assert_allclose(part.prob.astype(np.float32), want, atol=1e-3)
@@ -80,7 +62,7 @@ def test_temperature_softens(make_run):
 def test_hflip_average_labels_with_the_mean_of_the_image_and_its_mirror(make_run, set_pseudolabel_config):
     store = make_run(hflip_average=True)
     _label(store, [0])
-    plain, mirrored = _teacher_outputs(store), _teacher_outputs(store, mirror=True)
+    plain, mirrored = teacher_outputs(store), teacher_outputs(store, mirror=True)
     part = read_sidecar(sidecar_path(pseudo_dir(store, 0), "unlabeled-000000.tar"), 10)
     want = np.stack([(plain[k] + mirrored[k]) / 2 for k in part.keys])
     assert np.abs(want - np.stack([plain[k] for k in part.keys])).max() > 0.05  # the mirror changes labels
