@@ -24,6 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # the repository, not benchmarks/, first
 
+from pseudolabel.balance import keep_fraction_threshold  # noqa: E402
 from pseudolabel.teacher_model import load_teacher  # noqa: E402
 from selftrain.data.dataset_info import load_dataset  # noqa: E402
 from selftrain.data.stream import SplitStream, make_loader  # noqa: E402
@@ -64,8 +65,7 @@ def label_quality(run_dir: Path, keep_fraction: float) -> list[dict]:
             p = torch.cat(parts)
             conf, cls = (t.numpy() for t in p.max(1))
             right = cls == y
-            n_keep = max(1, int(np.ceil(keep_fraction * len(conf))))
-            top = conf >= np.sort(conf)[::-1][n_keep - 1]
+            top = conf >= keep_fraction_threshold(conf, keep_fraction)
             row["hflip" if flip else "plain"] = {
                 "all": _share_right(right, np.ones_like(right)),
                 "threshold": _share_right(right, conf >= cfg.pseudolabel.confidence_threshold),

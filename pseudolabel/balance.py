@@ -61,6 +61,16 @@ def default_images_per_class(confident_counts: np.ndarray) -> int:
     return max(1, int(np.round(np.median(nonempty))))
 
 
+def keep_fraction_threshold(conf: np.ndarray, keep_fraction: float) -> float:
+    """The confidence of the most confident `keep_fraction` of the images (0 when there are none)."""
+    if not 0 < keep_fraction <= 1:
+        raise ValueError("keep_fraction must be in (0, 1]")
+    if not len(conf):
+        return 0.0
+    k = max(1, int(np.ceil(keep_fraction * len(conf))))
+    return float(np.sort(conf)[::-1][k - 1])
+
+
 def balance_class(
     conf: np.ndarray, keys: np.ndarray, n: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -102,11 +112,7 @@ def filter_and_balance(
     if len(cls) and (cls.min() < 0 or cls.max() >= num_classes):
         raise ValueError(f"class ids must be in 0..{num_classes - 1}")
     if keep_fraction is not None:
-        if not 0 < keep_fraction <= 1:
-            raise ValueError("keep_fraction must be in (0, 1]")
-        if len(conf):
-            k = max(1, int(np.ceil(keep_fraction * len(conf))))
-            threshold = max(float(threshold), float(np.sort(conf)[::-1][k - 1]))
+        threshold = max(float(threshold), keep_fraction_threshold(conf, keep_fraction))
     confident = conf >= threshold
     predicted_counts = np.bincount(cls, minlength=num_classes)
     confident_counts = np.bincount(cls[confident], minlength=num_classes)

@@ -101,14 +101,13 @@ def train_mpl(
         make(mc.teacher_model, "mpl.teacher_model"),
         make(mc.student_model, "mpl.student_model"),
     )
-    if mc.init_teacher_from_supervised:
-        weights, card = store.load_weights(0)
-        if card["architecture"] == mc.teacher_model:
+    if mc.init_teacher_from_supervised or mc.init_student_from_supervised:
+        weights, card = store.load_weights(0)  # read and checksummed once for both models
+        if mc.init_teacher_from_supervised and card["architecture"] == mc.teacher_model:
             teacher.load_state_dict(weights)
             log.info("MPL teacher starts from the supervised teacher (iteration 0)")
-    if mc.init_student_from_supervised:
-        weights, _ = store.load_weights(0)
-        log.info("MPL student: %d tensors from the supervised teacher", load_matching(student, weights))
+        if mc.init_student_from_supervised:
+            log.info("MPL student: %d tensors from the supervised teacher", load_matching(student, weights))
     teacher, student = prepare_model(teacher, device), prepare_model(student, device)
     # The bare modules are optimised, averaged, evaluated and saved; the wrappers train.
     t_train, s_train = distributed.wrap(teacher, device), distributed.wrap(student, device)
