@@ -14,8 +14,10 @@ import torch
 os.environ.setdefault("TQDM_DISABLE", "1")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-# Steps small enough for unit tests; accuracy tests set their own.
+# Steps small enough for unit tests; accuracy tests set their own. The digits are 8x8 scans:
+# 16x16 loses nothing and trains about 3x faster than the default 32.
 QUICK_TEACHER = [
+    "data.image_size=16",
     "teacher.steps=30",
     "teacher.eval_every=15",
     "teacher.checkpoint_every=15",

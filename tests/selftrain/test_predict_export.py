@@ -48,7 +48,7 @@ def test_predictions_on_the_test_split_are_what_eval_scores(teacher_run, digits_
     # Image by image: the probabilities of the model on the evaluation stream itself.
     saved = load_saved_model(RunStore(teacher_run), 0, torch.device("cpu"))
     dataset = load_dataset(digits_master)
-    stream = SplitStream(dataset, "test", eval_transform(32, 1), with_keys=True)
+    stream = SplitStream(dataset, "test", eval_transform(saved.image_size, 1), with_keys=True)
     by_key = {r["key"]: r for r in rows}
     for x, key in list(stream)[:40]:
         probs = torch.softmax(saved.model(x[None]), dim=1)[0]
@@ -128,8 +128,8 @@ def test_bad_output_name_and_default_iteration(teacher_run, tmp_path, capsys):
     assert "teacher_iteration" not in manifest  # a teacher-only run: its teacher is iteration 0
 
 
-def _real_batch(digits_master, n):
-    stream = SplitStream(load_dataset(digits_master), "test", eval_transform(32, 1))
+def _real_batch(digits_master, n, side):
+    stream = SplitStream(load_dataset(digits_master), "test", eval_transform(side, 1))
     return torch.stack([x for x, _ in list(stream)[:n]])
 
 
@@ -140,12 +140,13 @@ def test_onnx_export_matches_pytorch_on_real_images(teacher_run, digits_master, 
     assert main(["export", "--run-dir", str(teacher_run), "--format", "onnx", "--out", str(out)]) == 0
     card = json.loads((tmp_path / "teacher.onnx.json").read_text())
     pre = card["preprocessing"]
-    assert pre["input_size"] == [1, 32, 32] and pre["mean"] == [0.5] and pre["std"] == [0.5]
+    # the run's data.image_size (QUICK_TEACHER: 16)
+    assert pre["input_size"] == [1, 16, 16] and pre["mean"] == [0.5] and pre["std"] == [0.5]
     assert pre["classes"] == [str(i) for i in range(10)] and card["export"]["format"] == "onnx"
 
     saved = load_saved_model(RunStore(teacher_run), 0, torch.device("cpu"))
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    images = _real_batch(digits_master, 40)
+    images = _real_batch(digits_master, 40, saved.image_size)
     for n in (1, 7, 40):  # the batch axis is dynamic
         (got,) = session.run(["logits"], {"input": images[:n].numpy()})
         with torch.no_grad():
@@ -159,7 +160,7 @@ def test_torchscript_export_matches_pytorch(teacher_run, digits_master, tmp_path
     assert main(["export", "--run-dir", str(teacher_run), "--format", "torchscript", "--out", str(out)]) == 0
     loaded = torch.jit.load(str(out))
     saved = load_saved_model(RunStore(teacher_run), 0, torch.device("cpu"))
-    images = _real_batch(digits_master, 12)
+    images = _real_batch(digits_master, 12, saved.image_size)
     with torch.no_grad():
         for n in (1, 5, 12):
             np.testing.assert_allclose(

@@ -50,7 +50,9 @@ def test_status_json_schema_and_eval(digits_master, tmp_path, capsys):
         "skipped_samples",
     ):
         assert key in card
-    assert card["input_size"] == [1, 32, 32] and len(card["loss_curve"]) == 2
+    assert (
+        card["input_size"] == [1, 16, 16] and len(card["loss_curve"]) == 2
+    )  # QUICK_TEACHER's data.image_size
     assert yaml.safe_load((run / "config.yaml").read_text())["teacher"]["steps"] == 30
     assert not (run / "iter-000" / "checkpoints").exists()  # removed once the model is saved
 
