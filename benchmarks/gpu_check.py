@@ -66,6 +66,7 @@ SIZES = {
         "jpeg_side": 224,
         "per_shard": 1000,
         "label_workers": 8,
+        "jpeg_decodes": ["batched", "pil"],  # GPU-side decode, and the CPU decode for comparison
         "student_steps": 60,
         "student_workers": (0, 8),
         "photos": {"labels_per_class": 25, "test": 600, "unlabeled": None},
@@ -88,6 +89,7 @@ SIZES = {
         "jpeg_side": 64,
         "per_shard": 128,
         "label_workers": 0,
+        "jpeg_decodes": ["batched"],  # `pil` is png32's path here already
         "student_steps": 10,
         "student_workers": (0,),
         "photos": {"labels_per_class": 5, "test": 100, "unlabeled": 300},
@@ -355,7 +357,7 @@ def part_labeling(ctx: dict) -> dict:
             [jpegs[i % len(jpegs)] for i in range(sizes["jpeg_images"])],
             "jpg",
             side,
-            ["batched", "pil"],
+            sizes["jpeg_decodes"],
         ),
     ]
     for name, images, ext, image_side, decodes in cases:

@@ -64,10 +64,9 @@ def test_gpu_check_cpu_mode_writes_every_figure(tmp_path):
             "peak_gpu_mb",
             "png32",
             "jpeg64_batched",
-            "jpeg64_pil",
         }
-        assert labeling["jpeg64_batched"]["decode"] == "batched" and labeling["jpeg64_pil"]["decode"] == "pil"
-        for row in (labeling[k] for k in ("png32", "jpeg64_batched", "jpeg64_pil")):
+        assert labeling["png32"]["decode"] == "auto" and labeling["jpeg64_batched"]["decode"] == "batched"
+        for row in (labeling[k] for k in ("png32", "jpeg64_batched")):
             assert row["pipeline_images_per_s"] > 0 and row["model_images_per_s"] > 0 and row["ratio"] > 0
     else:
         assert parts["photos"]["status"] == parts["labeling"]["status"] == "skipped"
