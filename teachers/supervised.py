@@ -15,45 +15,17 @@ from __future__ import annotations
 import logging
 
 import torch
-import torch.nn.functional as F
 
-from selftrain import distributed
-from selftrain.config import RunConfig, TeacherConfig, TrainConfig
+from selftrain.config import RunConfig, TrainConfig
 from selftrain.data.dataset_info import Dataset
-from selftrain.data.labeled_batches import labeled_batches
-from selftrain.device import autocast, prepare_model, seed_everything, to_device
-from selftrain.engine import ProgressHook, TrainLoop
+from selftrain.device import prepare_model, seed_everything
+from selftrain.engine import ProgressHook
+from selftrain.labeled_loop import labeled_loop
 from selftrain.models import build_model
-from selftrain.noise import noised_transform
-from selftrain.optim import build_optimizer, build_scheduler
 from selftrain.runstore import RunStore
-from selftrain.stage import keeps_best, train_and_record, val_scorer
-from selftrain.transforms import train_transform
+from selftrain.stage import train_and_record
 
 log = logging.getLogger("selftrain.teacher")
-
-
-def supervised_step(
-    model, optimizer, scheduler, batch, *, label_smoothing: float, device: torch.device
-) -> dict:
-    x, y = to_device(batch[0], device), batch[1].to(device)
-    with autocast(device):
-        logits = model(x)
-    loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    scheduler.step()
-    return {"loss": loss.item(), "train_accuracy": (logits.argmax(1) == y).float().mean().item()}
-
-
-def supervised_transform(size: int, channels: int, train: TrainConfig):
-    """The weak augmentation, plus RandAugment where the config asks for it (the teacher's)."""
-    if isinstance(train, TeacherConfig) and train.randaugment_magnitude:
-        return noised_transform(
-            size, channels, train.augment, train.randaugment_magnitude, train.randaugment_ops
-        )
-    return train_transform(size, channels, train.augment)
 
 
 def train_teacher(
@@ -129,33 +101,20 @@ def train_supervised(
     The teacher trains from scratch; MPL's finetune passes its trained student and
     `evaluate_at_start=True`, so its result is never worse on val than where it started.
     """
-    size, chans = cfg.data.image_size, dataset.info.channels
-    optimizer = build_optimizer(model, train)
-    scheduler = build_scheduler(optimizer, train)
-    batches, streams = labeled_batches(
-        dataset, cfg, train, device, seed, supervised_transform(size, chans, train), batch_field
-    )
-    trained = distributed.wrap(model, device)  # the bare `model` is what is evaluated and saved
-    score, val_skipped = val_scorer(model, dataset, cfg, device, size)
-    loop = TrainLoop(
-        modules={"model": model},
-        optimizers={"model": optimizer},
-        schedulers={"model": scheduler},
-        step_fn=lambda batch, step: supervised_step(
-            trained, optimizer, scheduler, batch, label_smoothing=train.label_smoothing, device=device
-        ),
-        batches=batches,
-        evaluate=score,
-        selected="model",
-        steps=train.steps,
-        eval_every=train.eval_every,
-        checkpoint_every=train.checkpoint_every,
-        checkpoint_dir=store.iter_dir(iteration) / "checkpoints",
+    size = cfg.data.image_size
+    loop, streams, val_skipped = labeled_loop(
+        dataset,
+        cfg,
+        device,
+        model,
+        train,
+        image_size=size,
+        seed=seed,
         desc=desc,
-        progress_hooks=progress_hooks or [],
+        checkpoint_dir=store.iter_dir(iteration) / "checkpoints",
+        batch_field=batch_field,
+        progress_hooks=progress_hooks,
         evaluate_at_start=evaluate_at_start,
-        keep_best=keeps_best(train.selection, dataset, batch_field.removesuffix("batch_size") + "selection"),
-        samples_per_step=train.batch_size,
     )
     return train_and_record(
         store=store,
