@@ -109,6 +109,37 @@ class TeacherConfig(TrainConfig):
     )
 
 
+class FinetuneConfig(TrainConfig):
+    """Meta Pseudo Labels' last stage: the student finetuned on the labeled data alone."""
+
+    steps: int = Field(150, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(32, ge=1, le=65536, description="Labeled samples per step.")
+    lr: float = Field(5e-4, gt=0, le=10, description="Peak learning rate (small: the student is trained).")
+    warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing.")
+    eval_every: int = Field(25, ge=1, description="Steps between evaluations on the val split.")
+    checkpoint_every: int = Field(50, ge=1, description="Steps between resumable checkpoints.")
+
+
+class StudentFinetuneConfig(FinetuneConfig):
+    """A Noisy Student student finetuned on the labeled data after its noised training.
+
+    The step Meta Pseudo Labels ends with (Pham et al. 2021), offered to Noisy Student: with
+    10-100 labels per class, the last steps on true labels alone correct some of what wrong
+    pseudo-labels taught. The finetuned student is the iteration's model and the next teacher.
+    """
+
+    steps: int = Field(
+        0, ge=0, description="Labeled-only optimizer steps after the noised training; 0 = off."
+    )
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> StudentFinetuneConfig:
+        if self.steps and self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be smaller than steps ({self.steps})")
+        return self
+
+
 class StudentConfig(TrainConfig):
     """The noised Noisy Student student (Xie et al. 2020, section 2): noise is on the student only."""
 
@@ -150,6 +181,7 @@ class StudentConfig(TrainConfig):
     pseudo_loss_weight: float = Field(
         1.0, ge=0, description="Weight of the soft cross-entropy on pseudo-labels."
     )
+    finetune: StudentFinetuneConfig = Field(default_factory=StudentFinetuneConfig)
     pseudo_targets: Literal["hard", "soft"] = Field(
         "hard",
         description="What the student learns from the stored teacher labels: hard = one-hot of the "
@@ -167,18 +199,6 @@ class StudentConfig(TrainConfig):
 
     def for_iteration(self, values: list, iteration: int):
         return values[min(iteration - 1, len(values) - 1)]
-
-
-class FinetuneConfig(TrainConfig):
-    """Meta Pseudo Labels' last stage: the student finetuned on the labeled data alone."""
-
-    steps: int = Field(150, ge=1, description="Optimizer steps.")
-    batch_size: int = Field(32, ge=1, le=65536, description="Labeled samples per step.")
-    lr: float = Field(5e-4, gt=0, le=10, description="Peak learning rate (small: the student is trained).")
-    warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps.")
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing.")
-    eval_every: int = Field(25, ge=1, description="Steps between evaluations on the val split.")
-    checkpoint_every: int = Field(50, ge=1, description="Steps between resumable checkpoints.")
 
 
 class MPLConfig(_Strict):

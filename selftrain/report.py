@@ -27,8 +27,17 @@ TABLE_COLUMNS = [
     ("unlabeled_ratio", "ratio"),
     ("pseudo_label_accuracy", "pseudo-label acc"),
     ("val_accuracy", "val acc"),
+    ("test_accuracy_before_finetune", "test acc before finetune"),
     ("test_accuracy", "test acc"),
 ]
+
+
+# Shown only when some row has a value (a run whose students are finetuned on labeled data).
+OPTIONAL_COLUMNS = {"test_accuracy_before_finetune"}
+
+
+def _shown(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [c for c in columns if c[0] not in OPTIONAL_COLUMNS or any(r.get(c[0]) is not None for r in rows)]
 
 
 def format_value(key: str, value: Any) -> str:
@@ -44,6 +53,7 @@ def format_value(key: str, value: Any) -> str:
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]] = TABLE_COLUMNS) -> str:
+    columns = _shown(rows, columns)
     cells = [[format_value(key, r.get(key)) for key, _ in columns] for r in rows]
     heads = [h for _, h in columns]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(heads)]
@@ -53,6 +63,7 @@ def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]] = TA
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]] = TABLE_COLUMNS) -> str:
+    columns = _shown(rows, columns)
     lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(format_value(k, r.get(k)) for k, _ in columns) + " |" for r in rows]
     return "\n".join(lines)

@@ -330,6 +330,7 @@ class RunStore:
                 "unlabeled_batch": None,
                 "unlabeled_ratio": None,
                 "pseudo_label_accuracy": None,
+                "test_accuracy_before_finetune": None,  # a student with `student.finetune` on
                 "test_count": None,
             }
             if state == "done":

@@ -23,7 +23,7 @@ from selftrain.data.batch_decode import use_batched_decode
 from selftrain.data.dataset_info import MIN_VAL_FOR_SELECTION, Dataset
 from selftrain.data.encoded_stream import device_eval_batches
 from selftrain.data.stream import SplitStream, make_loader
-from selftrain.engine import TrainLoop
+from selftrain.engine import TrainLoop, TrainResult
 from selftrain.evaluate import EvalResult, evaluate
 from selftrain.modelcard import build_card
 from selftrain.runstore import RunStore
@@ -129,8 +129,10 @@ def train_and_record(
     train_streams: list[SplitStream],
     card_extra: Callable[[], dict[str, Any]],
     save_also: Callable[[], None] | None = None,
+    then: Callable[[TrainResult], TrainResult] | None = None,
 ) -> dict[str, Any]:
-    """`save_also` saves companion models (MPL's teacher) before the stage is marked done.
+    """`save_also` saves companion models (MPL's teacher) before the stage is marked done; `then`
+    continues from the loop's result (a student's labeled-only finetune) inside the same stage.
 
     Every rank calls this (and `save_also`, which evaluates on every rank and writes on rank 0).
     """
@@ -143,6 +145,8 @@ def train_and_record(
         store.mark_stage(iteration, "train", "running", role=role, model=architecture)
     try:
         result = loop.run()
+        if then is not None:
+            result = then(result)
         selected_model.load_state_dict(result.best_state)
         val, _ = evaluate_split(selected_model, dataset, "val", cfg, device, image_size)
         test, test_skipped = evaluate_split(selected_model, dataset, "test", cfg, device, image_size)

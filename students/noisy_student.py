@@ -20,6 +20,8 @@ labeled and r*B / world pseudo-labeled images per step, so the ratio r holds per
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,14 +39,15 @@ from selftrain.data.dataset_info import Dataset
 from selftrain.data.labeled_batches import labeled_batches
 from selftrain.data.stream import make_loader
 from selftrain.device import autocast, prepare_model, seed_everything, to_device
-from selftrain.engine import ProgressHook, TrainLoop
+from selftrain.engine import ProgressHook, TrainLoop, TrainResult
 from selftrain.errors import SelftrainError
+from selftrain.labeled_loop import labeled_loop
 from selftrain.ladder import ladder_phi, ladder_step
 from selftrain.models import build_model, count_parameters, load_matching
 from selftrain.noise import noised_transform
 from selftrain.optim import build_optimizer, build_scheduler
 from selftrain.runstore import RunStore
-from selftrain.stage import keeps_best, train_and_record, val_scorer
+from selftrain.stage import evaluate_split, keeps_best, train_and_record, val_scorer
 from students.pseudo_stream import PseudoLabeledStream
 
 log = logging.getLogger("selftrain.student")
@@ -287,6 +290,22 @@ def train_student(
         static_scalars=selection_scalars(setup.selection),
     )
     accuracy = (setup.selection.get("stats") or {}).get("accuracy") or {}
+    finetuned: dict[str, Any] = {}
+    then = None
+    if sc.finetune.steps:
+        then = functools.partial(
+            finetune_on_labeled,
+            store=store,
+            dataset=dataset,
+            cfg=cfg,
+            device=device,
+            iteration=iteration,
+            name=name,
+            image_size=size,
+            streams=setup.streams,
+            progress_hooks=progress_hooks,
+            record=finetuned,
+        )
     return train_and_record(
         store=store,
         dataset=dataset,
@@ -300,7 +319,9 @@ def train_student(
         selected_model=selected,
         val_skipped=val_skipped,
         train_streams=setup.streams,
+        then=then,
         card_extra=lambda: {
+            **finetuned,
             "teacher_iteration": teacher_it,
             "teacher_params": teacher_card["params"],
             "labeled_batch": sc.batch_size,
@@ -315,4 +336,72 @@ def train_student(
             "pseudo_label_accuracy": (accuracy.get("before_filter") or {}).get("accuracy"),
             "pseudo_label_accuracy_detail": accuracy or None,
         },
+    )
+
+
+def finetune_on_labeled(
+    first: TrainResult,
+    *,
+    store: RunStore,
+    dataset: Dataset,
+    cfg: RunConfig,
+    device: torch.device,
+    iteration: int,
+    name: str,
+    image_size: int,
+    streams: list,
+    progress_hooks: list[ProgressHook] | None,
+    record: dict[str, Any],
+) -> TrainResult:
+    """The noised student's selected weights trained on the labeled split alone (`student.finetune`).
+
+    Its checkpoints sit under the stage's own, so a kill during the finetune resumes it there and
+    the noised training (checkpointed at its last step) is not redone. The card records the val and
+    test accuracy before the finetune, so what it added shows per iteration.
+    """
+    ft = cfg.student.finetune
+    seed = cfg.seed + 300 + iteration
+    seed_everything(seed)
+    model = build_model(
+        name,
+        num_classes=dataset.info.num_classes,
+        in_chans=dataset.info.channels,
+        drop_rate=ft.drop_rate,
+        drop_path_rate=ft.drop_path_rate,
+        field="student.models",
+    )
+    model.load_state_dict(first.best_state)
+    model = prepare_model(model, device)
+    before, _ = evaluate_split(model, dataset, "test", cfg, device, image_size)
+    loop, labeled_streams, _ = labeled_loop(
+        dataset,
+        cfg,
+        device,
+        model,
+        ft,
+        image_size=image_size,
+        seed=seed,
+        desc=f"finetune student iter {iteration}",
+        checkpoint_dir=store.iter_dir(iteration) / "checkpoints" / "finetune",
+        batch_field="student.finetune.batch_size",
+        progress_hooks=progress_hooks,
+        evaluate_at_start=True,
+    )
+    streams.extend(labeled_streams)  # their skipped samples count in the card
+    result = loop.run()
+    offset = first.steps
+    record.update(
+        {
+            "finetune_steps": ft.steps,
+            "finetune_from_step": offset,
+            "val_accuracy_before_finetune": first.best_score,
+            "test_accuracy_before_finetune": before.top1,
+        }
+    )
+    return dataclasses.replace(
+        result,
+        best_step=offset + result.best_step,
+        steps=offset + result.steps,
+        history=first.history + [{**row, "step": offset + row["step"]} for row in result.history],
+        resumed_from=first.resumed_from if result.resumed_from is None else offset + result.resumed_from,
     )
