@@ -82,6 +82,9 @@ SIZES = {
             "student.warmup_steps=1",
             "student.eval_every=3",
             "student.checkpoint_every=6",
+            "student.finetune.steps=4",  # the photo recipe's 100-step labeled finetune, in miniature
+            "student.finetune.warmup_steps=1",
+            "student.finetune.eval_every=2",
             "pseudolabel.confidence_threshold=0.0",  # a 12-step teacher is rarely confident
         ],
         "png_images": 512,

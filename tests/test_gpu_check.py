@@ -54,6 +54,7 @@ def test_gpu_check_cpu_mode_writes_every_figure(tmp_path):
         assert run["status"] == "ok", run
         for stage in ("teacher", "student"):
             assert run[stage]["device"] == "cpu" and 0 <= run[stage]["test_accuracy"] <= 1
+        assert run["student"]["steps"] == 6 + 4  # the CPU sizes: 6 noised steps, a 4-step finetune
         assert run["pseudolabel"]["images_per_s"] > 0
     if PHOTOS is not None:
         assert parts["photos"]["imported"]["train"] == 50
