@@ -44,6 +44,7 @@ class TrainResult:
     steps: int
     history: list[dict[str, float]]
     resumed_from: int | None
+    # Card fields a later phase of the stage adds (`train_and_record(then=...)`: a student finetune).
     extra: dict[str, Any] = field(default_factory=dict)
     world_size: int = 1
     resumed_world_size: int | None = None  # the world size that wrote the checkpoint resumed from

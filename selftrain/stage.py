@@ -173,6 +173,7 @@ def train_and_record(
                 "resumed_from_world_size": result.resumed_world_size,
                 # A damaged checkpoint is never used: the card says which were passed over.
                 "damaged_checkpoints_skipped": result.damaged_checkpoints,
+                **result.extra,  # what a `then` phase adds (a finetune's before-accuracies)
                 **card_extra(),
             },
         )

@@ -290,7 +290,6 @@ def train_student(
         static_scalars=selection_scalars(setup.selection),
     )
     accuracy = (setup.selection.get("stats") or {}).get("accuracy") or {}
-    finetuned: dict[str, Any] = {}
     then = None
     if sc.finetune.steps:
         then = functools.partial(
@@ -304,7 +303,6 @@ def train_student(
             image_size=size,
             streams=setup.streams,
             progress_hooks=progress_hooks,
-            record=finetuned,
         )
     return train_and_record(
         store=store,
@@ -321,7 +319,6 @@ def train_student(
         train_streams=setup.streams,
         then=then,
         card_extra=lambda: {
-            **finetuned,
             "teacher_iteration": teacher_it,
             "teacher_params": teacher_card["params"],
             "labeled_batch": sc.batch_size,
@@ -351,7 +348,6 @@ def finetune_on_labeled(
     image_size: int,
     streams: list,
     progress_hooks: list[ProgressHook] | None,
-    record: dict[str, Any],
 ) -> TrainResult:
     """The noised student's selected weights trained on the labeled split alone (`student.finetune`).
 
@@ -390,18 +386,17 @@ def finetune_on_labeled(
     streams.extend(labeled_streams)  # their skipped samples count in the card
     result = loop.run()
     offset = first.steps
-    record.update(
-        {
-            "finetune_steps": ft.steps,
-            "finetune_from_step": offset,
-            "val_accuracy_before_finetune": first.best_score,
-            "test_accuracy_before_finetune": before.top1,
-        }
-    )
     return dataclasses.replace(
         result,
         best_step=offset + result.best_step,
         steps=offset + result.steps,
         history=first.history + [{**row, "step": offset + row["step"]} for row in result.history],
         resumed_from=first.resumed_from if result.resumed_from is None else offset + result.resumed_from,
+        extra={
+            **first.extra,
+            "finetune_steps": ft.steps,
+            "finetune_from_step": offset,
+            "val_accuracy_before_finetune": first.best_score,
+            "test_accuracy_before_finetune": before.top1,
+        },
     )
