@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/quality.py                       # table; 3 seeds; digits + dev photos
     .venv/bin/python benchmarks/quality.py --json --seeds 3      # one JSON object
+    .venv/bin/python benchmarks/quality.py --first-seed 3 --seeds 2 --keep DIR  # seeds 3 and 4 only
     .venv/bin/python benchmarks/quality.py --data ../shared/data/cifar10-dev-2796.npz --only photos
     .venv/bin/python benchmarks/quality.py --data DATASET_DIR    # an imported data set instead
 
@@ -146,7 +147,8 @@ def print_table(results: dict) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 (default 3)")
+    p.add_argument("--seeds", type=int, default=3, help="how many training seeds (default 3)")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds run from here (default 0: seeds 0..N-1)")
     p.add_argument("--data", type=Path, default=DEV_PHOTOS, help="photos: an .npz or an imported data set")
     p.add_argument("--only", choices=["digits", "photos"], help="run one data set only")
     p.add_argument("--labels-per-class", type=int, default=25, help="photos from an .npz (default 25)")
@@ -159,7 +161,8 @@ def main() -> int:
     work = args.keep or Path(tempfile.mkdtemp(prefix="selftrain-quality-"))
     work.mkdir(parents=True, exist_ok=True)
     log = work / "quality.log"
-    results: dict = {"config": {"seeds": args.seeds, "iterations": args.iterations, "overrides": args.extra}}
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    results: dict = {"config": {"seeds": list(seeds), "iterations": args.iterations, "overrides": args.extra}}
     sets: list[tuple[str, Path]] = []
     if args.only in (None, "digits"):
         digits = work / "digits"
@@ -173,7 +176,7 @@ def main() -> int:
             print(f"quality: {args.data} not found; photos skipped", file=sys.stderr)
     for name, data in sets:
         runs = []
-        for seed in range(args.seeds):
+        for seed in seeds:
             runs.append(run_seed(data, work / name, seed, args.iterations, args.extra, log))
             print(f"quality: {name} seed {seed}: {json.dumps(runs[-1])}", file=sys.stderr, flush=True)
         results[name] = summarize(runs)
