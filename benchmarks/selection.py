@@ -27,6 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # the repository, not benchmarks/, first
 
+import selftrain.labeled_loop as labeled_loop  # noqa: E402
 import selftrain.stage as stage  # noqa: E402
 import teachers.supervised as supervised  # noqa: E402
 from selftrain.data.arrays import load_npz_images, write_imagefolder  # noqa: E402
@@ -53,13 +54,15 @@ def train_and_trace(data: Path, run: Path, seed: int, overrides: list[str]) -> l
 
         return both, skipped
 
-    supervised.val_scorer = recording_scorer  # the teacher's trainer looks it up by this name
+    labeled_loop.val_scorer = recording_scorer  # the labeled-only loop looks it up by this name
     try:
         store = RunStore(run)
         cfg = store.open(data, None, [f"seed={seed}", *overrides])
         supervised.train_teacher(store, load_dataset(data), cfg, torch.device("cpu"))
     finally:
-        supervised.val_scorer = plain
+        labeled_loop.val_scorer = plain
+    if not trace:
+        raise SystemExit("selection: the teacher was never evaluated through labeled_loop.val_scorer; update the hook")
     return trace
 
 
