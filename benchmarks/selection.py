@@ -62,7 +62,9 @@ def train_and_trace(data: Path, run: Path, seed: int, overrides: list[str]) -> l
     finally:
         labeled_loop.val_scorer = plain
     if not trace:
-        raise SystemExit("selection: the teacher was never evaluated through labeled_loop.val_scorer; update the hook")
+        raise SystemExit(
+            "selection: the teacher was never evaluated through labeled_loop.val_scorer; update the hook"
+        )
     return trace
 
 
