@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 from pathlib import Path
@@ -15,6 +16,16 @@ from selftrain.data.dataset_info import load_dataset
 from selftrain.data.stream import SplitStream, make_loader
 from selftrain.models import build_model
 from selftrain.transforms import eval_transform
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """Import `benchmarks/NAME.py` as a module: the benchmarks are scripts, not a package."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def rewrite_shard(dataset_dir: Path, split: str, edit, shard: int = 0) -> None:

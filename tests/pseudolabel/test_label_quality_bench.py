@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 
 from selftrain.data.dataset_info import load_dataset
-from tests.helpers import teacher_outputs
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "label_quality.py"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_label_quality", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_benchmark, teacher_outputs
 
 
 def test_label_quality_scores_the_teacher_against_the_report_only_truth(run, capsys):
-    assert _bench().main([str(run.root), "--json", "--keep-fraction", "0.4"]) == 0
+    assert load_benchmark("label_quality").main([str(run.root), "--json", "--keep-fraction", "0.4"]) == 0
     (row,) = json.loads(capsys.readouterr().out)  # one trained iteration: the teacher
     dataset = load_dataset(run.data_dir())
     truth = dataset.unlabeled_truth()

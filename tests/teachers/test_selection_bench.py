@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 from tests.conftest import QUICK_TEACHER
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "selection.py"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_selection", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_benchmark
 
 
 def test_trace_sees_every_evaluation_and_matches_what_the_teacher_kept(digits_dir, tmp_path):
     run = tmp_path / "run"
-    trace = _bench().train_and_trace(digits_dir, run, 0, QUICK_TEACHER)
+    trace = load_benchmark("selection").train_and_trace(digits_dir, run, 0, QUICK_TEACHER)
     # teacher.steps=30, eval_every=15: one (val, test) pair per evaluation, none missed.
     assert len(trace) == 2
     assert all(0.0 <= v <= 1.0 and 0.0 <= t <= 1.0 for v, t in trace)
