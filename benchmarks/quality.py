@@ -156,6 +156,8 @@ def main() -> int:
     p.add_argument("--set", dest="extra", action="append", default=[], help="extra config override")
     p.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temp folder)")
     args = p.parse_args()
+    if args.seeds < 1 or args.first_seed < 0:
+        p.error("--seeds must be at least 1 and --first-seed at least 0")
 
     os.environ.setdefault("TQDM_DISABLE", "1")
     work = args.keep or Path(tempfile.mkdtemp(prefix="selftrain-quality-"))
