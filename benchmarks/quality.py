@@ -23,6 +23,7 @@ JSON: {"<data set>": {"<method>": {"test_accuracy_mean", "test_accuracy_std", "m
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -123,7 +124,7 @@ def summarize(runs: list[dict]) -> dict:
     )
     # The issue's bar is a student better than its teacher at every iteration, in every seed.
     out["noisy_student"]["seeds_rising_every_iteration"] = sum(
-        all(b > a for a, b in zip(r["per_iteration"], r["per_iteration"][1:], strict=False)) for r in runs
+        all(b > a for a, b in itertools.pairwise(r["per_iteration"])) for r in runs
     )
     out["mpl"]["gain_points_mean"] = round(
         (out["mpl"]["test_accuracy_mean"] - out["supervised"]["test_accuracy_mean"]) * 100, 2
