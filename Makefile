@@ -32,8 +32,11 @@ compare: demo
 	$(BIN)/selftrain compare --noisy-student $(RUN) --mpl runs/mpl
 
 ## Every test that can run on this machine: unit, integration and slow (GPU tests skip themselves).
+## One pytest-xdist worker per core, at most 4 (each starts its own Prefect test server); a file's
+## tests stay on one worker, so its module fixtures (servers, trained runs) are built once.
+WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 test: $(STAMP)
-	$(BIN)/pytest -m "" -q --durations=25
+	$(BIN)/pytest -m "" -q -n $(WORKERS) --dist loadfile --durations=25
 
 ## Unit tests only (the pytest default).
 test-fast: $(STAMP)
