@@ -21,7 +21,9 @@ from selftrain.errors import SelftrainError
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--config", help="YAML run config (default: built-in digits recipe, see configs/digits.yaml)"
+        "--config",
+        help="YAML run config (default: the recipe for the data set: configs/photos.yaml for colour "
+        "images, configs/digits.yaml for grayscale)",
     )
     p.add_argument(
         "--set",
