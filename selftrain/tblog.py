@@ -27,6 +27,25 @@ def tb_dir(run_root: Path, iteration: int, role: str) -> Path:
     return Path(run_root) / "tb" / f"iter-{iteration:03d}-{role}"
 
 
+def _wait_for_a_later_second(log_dir: Path) -> None:
+    """Open a new event file only in a later second than the folder's newest one.
+
+    TensorBoard reads a folder's event files in name order, and a name starts with the second its
+    writer opened (`events.out.tfevents.SECONDS.HOST.PID.N`). A second writer opened in the same
+    second by the same process sorts by its counter N compared as text (10 before 9): the resumed
+    file would be read first and its purge would miss the events it replaces. Only a stage reopened
+    within a second waits (at most a second); a run restarted after a kill never does.
+    """
+
+    def opened(p: Path) -> int:
+        parts = p.name.split(".")
+        return int(parts[3]) if len(parts) > 3 and parts[3].isdigit() else 0
+
+    newest = max((opened(p) for p in log_dir.glob("events.out.tfevents.*")), default=0)
+    while time.time() < newest + 1:
+        time.sleep(0.05)
+
+
 class ScalarLog:
     """One stage's event file; `purge_step` drops events of steps a resumed run does again."""
 
@@ -41,6 +60,7 @@ class ScalarLog:
         from torch.utils.tensorboard import SummaryWriter
 
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        _wait_for_a_later_second(self.log_dir)
         # Steps are logged 1-based; a run resumed after step S logs S + 1 on, replacing older events.
         self._writer = SummaryWriter(str(self.log_dir), purge_step=start_step + 1 if start_step else None)
         for tag, value in self.static.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from selftrain.runstore import RunStore
@@ -12,7 +13,13 @@ def _opt() -> torch.optim.Optimizer:
     return torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.5)
 
 
-def test_resumed_stage_replaces_the_steps_it_logs_again(tmp_path):
+@pytest.mark.parametrize("writers_before", [0, 9], ids=["first-writer", "counter-9-to-10"])
+def test_resumed_stage_replaces_the_steps_it_logs_again(tmp_path, monkeypatch, writers_before):
+    # A process's writers are numbered in their file names; 9 -> 10 sorts the resumed file first
+    # as text, which lost the purge when both opened in the same second (seen under pytest-xdist).
+    from tensorboard.summary.writer import event_file_writer
+
+    monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(writers_before))
     first = ScalarLog(tmp_path, samples_per_step=8)
     first.open(0)
     for step in range(1, 11):
