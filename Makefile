@@ -40,7 +40,7 @@ test: $(STAMP)
 
 ## Unit tests only (the pytest default).
 test-fast: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
