@@ -11,7 +11,6 @@ across the flow runs that continue it.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from prefect.artifacts import (
 )
 from slugify import slugify
 
-from selftrain.report import TABLE_COLUMNS, accuracy_plot_png, format_value, markdown_table
+from selftrain.report import TABLE_COLUMNS, format_value, summary_markdown
 from selftrain.runstore import RunStore
 
 SLUG_CHARS = 40  # keys stay readable in the UI's lists; the digest keeps them unique
@@ -69,19 +68,9 @@ def publish_run_report(store: RunStore, flow_name: str) -> None:
         table=[{head: format_value(key, r.get(key)) for key, head in TABLE_COLUMNS} for r in rows],
         description=f"Per-iteration metrics of {store.root}",
     )
-    png = base64.b64encode(accuracy_plot_png(rows, f"accuracy per iteration: {store.root.name}")).decode()
-    best = max(
-        (r for r in rows if r.get("test_accuracy") is not None), key=lambda r: r["iteration"], default=None
-    )
-    summary: list[str] = [f"# {flow_name}: `{store.root}`", ""]
-    if best is not None:
-        summary.append(
-            f"Latest model: iteration {best['iteration']} ({best['role']}, {best['model']}), "
-            f"val {format_value('val_accuracy', best['val_accuracy'])}, test {format_value('test_accuracy', best['test_accuracy'])}."
-        )
-    summary += ["", markdown_table(rows), "", f"![accuracy per iteration](data:image/png;base64,{png})", ""]
+    summary = summary_markdown(rows, flow_name, store.root)
     create_markdown_artifact(
-        key=f"{slugify(flow_name)}-{name}-summary", markdown="\n".join(summary), description="Run summary"
+        key=f"{slugify(flow_name)}-{name}-summary", markdown=summary, description="Run summary"
     )
 
 

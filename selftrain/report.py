@@ -7,6 +7,7 @@ pyplot global state), so it works in worker threads and on headless machines.
 
 from __future__ import annotations
 
+import base64
 import io
 import math
 from pathlib import Path
@@ -124,6 +125,27 @@ def run_summary(store: RunStore) -> dict[str, Any]:
     }
 
 
+def summary_markdown(rows: list[dict[str, Any]], flow_name: str, root: Path) -> str:
+    """The run summary the Prefect UI shows: latest model, the notes `selftrain report` prints (a
+    user watching the UI must learn as plainly when the loop did not pay), table, embedded plot."""
+    png = base64.b64encode(accuracy_plot_png(rows, f"accuracy per iteration: {root.name}")).decode()
+    best = max(
+        (r for r in rows if r.get("test_accuracy") is not None), key=lambda r: r["iteration"], default=None
+    )
+    lines: list[str] = [f"# {flow_name}: `{root}`", ""]
+    if best is not None:
+        lines.append(
+            f"Latest model: iteration {best['iteration']} ({best['role']}, {best['model']}), "
+            f"val {format_value('val_accuracy', best['val_accuracy'])}, "
+            f"test {format_value('test_accuracy', best['test_accuracy'])}."
+        )
+    notes = gain_notes([r for r in rows if r.get("state") == "done"])
+    if notes:
+        lines += ["", *(f"- **Note:** {note}" for note in notes)]
+    lines += ["", markdown_table(rows), "", f"![accuracy per iteration](data:image/png;base64,{png})", ""]
+    return "\n".join(lines)
+
+
 def accuracy_noise_points(accuracy: float, count: int | None) -> float | None:
     """One binomial standard error of an accuracy measured on `count` test images, in points."""
     if not count:
@@ -155,6 +177,15 @@ def gain_notes(done: list[dict[str, Any]]) -> list[str]:
             f"the gain ({gain:+.2f} points) is within the test split's noise (one standard error: "
             f"{noise:.2f} points on {teacher['test_count']} images)"
         )
+    mpl_student = next((r for r in done if r.get("role") == "mpl-student"), None)
+    if mpl_student is not None and mpl_student.get("test_accuracy") is not None:
+        drop = (teacher["test_accuracy"] - mpl_student["test_accuracy"]) * 100
+        if drop > 0:  # the joint stage is MPL's own contribution; the finetune is plain supervision
+            notes.append(
+                f"before its labeled finetune the MPL student read {mpl_student['test_accuracy'] * 100:.2f}%, "
+                f"{drop:.2f} points below its teacher: the joint teacher-student training lowered test "
+                f"accuracy here and the finetune brought it to {final['test_accuracy'] * 100:.2f}%"
+            )
     best = max(students, key=lambda r: (r["test_accuracy"], -r["iteration"]))
     if best["test_accuracy"] > max(final["test_accuracy"], teacher["test_accuracy"]):
         notes.append(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from selftrain.report import accuracy_noise_points, gain_notes
+from selftrain.report import accuracy_noise_points, gain_notes, summary_markdown
 
 
 def _row(iteration: int, test: float, count: int | None = 839, role: str | None = None) -> dict:
@@ -55,10 +55,37 @@ def test_a_last_iteration_that_ties_the_peak_gets_no_peak_note():
 def test_an_mpl_run_is_judged_by_its_finetuned_student_only():
     rows = [_row(0, 0.4148), _row(1, 0.46, role="mpl-teacher"), _row(2, 0.35, role="mpl-student")]
     rows.append(_row(3, 0.4100, role="mpl-finetuned"))
-    (note,) = gain_notes(rows)  # no "peak" at the MPL teacher: it is not a student of this loop
-    assert note.startswith("self-training did not pay here: iteration 3 is -0.48 points")
+    notes = gain_notes(rows)  # no "peak" at the MPL teacher: it is not a student of this loop
+    assert notes[0].startswith("self-training did not pay here: iteration 3 is -0.48 points")
+    assert len(notes) == 2 and "MPL student read 35.00%, 6.48 points below its teacher" in notes[1]
+
+
+def test_an_mpl_gain_carried_by_the_finetune_alone_is_named_so():
+    # photos, seed 1 (session 12): teacher 41.95%, MPL student 37.54%, finetuned 43.98%
+    rows = [_row(0, 0.4195), _row(1, 0.3659, role="mpl-teacher"), _row(2, 0.3754, role="mpl-student")]
+    rows.append(_row(3, 0.4398, role="mpl-finetuned"))
+    (note,) = gain_notes(rows)
+    assert "read 37.54%, 4.41 points below its teacher" in note and "to 43.98%" in note
+
+
+def test_an_mpl_student_above_its_teacher_gets_no_note():
+    rows = [_row(0, 0.40), _row(1, 0.44, role="mpl-teacher"), _row(2, 0.45, role="mpl-student")]
+    rows.append(_row(3, 0.48, role="mpl-finetuned"))
+    assert gain_notes(rows) == []
 
 
 def test_no_student_yet_means_no_notes():
     assert gain_notes([_row(0, 0.5)]) == []
     assert gain_notes([]) == []
+
+
+def test_the_prefect_summary_carries_the_same_notes(tmp_path):
+    """Someone watching the Prefect UI learns as plainly as `selftrain report` that a loop did not pay."""
+    rows = [_row(0, 0.4148), _row(1, 0.4100)]
+    for r in rows:
+        r.update(model="resnet10t", val_accuracy=0.5)
+    md = summary_markdown(rows, "noisy-student", tmp_path / "run")
+    assert "- **Note:** self-training did not pay here: iteration 1 is -0.48 points" in md
+    assert "Latest model: iteration 1 (student, resnet10t)" in md and "data:image/png;base64," in md
+    rows[1]["test_accuracy"] = 0.48
+    assert "Note:" not in summary_markdown(rows, "noisy-student", tmp_path / "run")
