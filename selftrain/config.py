@@ -236,6 +236,11 @@ class MPLConfig(_Strict):
         True,
         description="Draw the hard pseudo-label from the teacher's distribution (the estimator's y ~ T); false = argmax.",
     )
+    pseudo_label_view: Literal["strong", "weak"] = Field(
+        "strong",
+        description="Which view of an unlabeled image the teacher labels (its softmax there is the "
+        "estimator's distribution); the student always learns on the strong view.",
+    )
     baseline_decay: float = Field(
         0.9, ge=0, lt=1, description="Moving-average baseline of the reward; 0 = none."
     )

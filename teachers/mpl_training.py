@@ -167,7 +167,8 @@ def train_mpl(
         t_sup = F.cross_entropy(t_l, y, label_smoothing=mc.label_smoothing)
         t_uda, mask = uda_loss(t_uw, t_us, temperature=mc.uda_temperature, threshold=mc.uda_threshold)
         w_uda = uda_weight(step, mc.uda_weight, mc.uda_warmup_steps)
-        y_hat = sample_pseudo_labels(t_us, mc.sample_pseudo_labels)
+        t_pl = t_uw if mc.pseudo_label_view == "weak" else t_us
+        y_hat = sample_pseudo_labels(t_pl, mc.sample_pseudo_labels)
 
         update = step >= mc.student_wait_steps
         with autocast(device):
@@ -179,7 +180,7 @@ def train_mpl(
             if ema is not None:
                 ema.update(student)
             reward = baseline.reward(h)
-        t_mpl = mpl_teacher_loss(t_us, y_hat, reward)
+        t_mpl = mpl_teacher_loss(t_pl, y_hat, reward)
         t_loss = t_sup + w_uda * t_uda + t_mpl
         t_opt.zero_grad(set_to_none=True)
         t_loss.backward()

@@ -125,6 +125,37 @@ def test_mpl_student_can_start_from_the_supervised_teacher(mpl_run, tmp_path):
     assert [k for k in supervised if not torch.equal(student[k], supervised[k])] == []
 
 
+def test_pseudo_label_view_decides_what_the_student_learns(mpl_run, tmp_path):
+    """`mpl.pseudo_label_view`: the same seed gives the same student twice, and labels drawn on the
+    weak view instead of the strong one give another student (the option reaches the step)."""
+    import shutil
+
+    from teachers.mpl_training import STUDENT_IT, train_mpl
+
+    def student_after(view: str, name: str) -> dict[str, torch.Tensor]:
+        run = tmp_path / name
+        shutil.copytree(mpl_run, run)
+        store = RunStore(run)
+        store.mark_stage(STUDENT_IT, "train", "interrupted")
+        shutil.rmtree(store.iter_dir(STUDENT_IT) / "checkpoints", ignore_errors=True)
+        cfg = store.config()
+        mpl = cfg.mpl.model_copy(
+            update={"pseudo_label_view": view, "steps": 4, "student_wait_steps": 0, "ema_decay": 0.0}
+        )
+        train_mpl(
+            store, load_dataset(store.data_dir()), cfg.model_copy(update={"mpl": mpl}), torch.device("cpu")
+        )
+        return store.load_weights(STUDENT_IT)[0]
+
+    strong, again, weak = (
+        student_after("strong", "a"),
+        student_after("strong", "b"),
+        student_after("weak", "c"),
+    )
+    assert all(torch.equal(strong[k], again[k]) for k in strong)
+    assert any(not torch.equal(strong[k], weak[k]) for k in strong)
+
+
 @pytest.mark.integration
 def test_killed_mpl_run_resumes_to_the_same_result(digits_master, tmp_path, prefect_api):
     run = tmp_path / "run"
