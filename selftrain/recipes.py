@@ -61,7 +61,14 @@ _PHOTOS: dict[str, Any] = {
     # 600 joint steps on a CPU budget are too few for a student from scratch to catch up with a
     # 41%-right teacher (it ended 5-6 points below it); started from the supervised teacher, the
     # joint training refines instead of restarting (seed 0: finetuned 41.00% -> 44.10%).
-    "mpl": {"init_student_from_supervised": True, "finetune": {"augment": _PHOTO_AUGMENT}},
+    # The teacher labels the weak view (the student still learns on the strong one): drawn on the
+    # RandAugment view a 41%-right teacher's labels are 27% right, on the weak view 30% (40% by
+    # argmax). Finetuned MPL student over 3 seeds 43.42 -> 44.93% (better in each; session 13).
+    "mpl": {
+        "init_student_from_supervised": True,
+        "pseudo_label_view": "weak",
+        "finetune": {"augment": _PHOTO_AUGMENT},
+    },
 }
 
 RECIPES: dict[str, dict[str, Any]] = {"digits": _DIGITS, "photos": _PHOTOS}
