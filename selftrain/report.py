@@ -129,15 +129,15 @@ def summary_markdown(rows: list[dict[str, Any]], flow_name: str, root: Path) -> 
     """The run summary the Prefect UI shows: latest model, the notes `selftrain report` prints (a
     user watching the UI must learn as plainly when the loop did not pay), table, embedded plot."""
     png = base64.b64encode(accuracy_plot_png(rows, f"accuracy per iteration: {root.name}")).decode()
-    best = max(
+    latest = max(
         (r for r in rows if r.get("test_accuracy") is not None), key=lambda r: r["iteration"], default=None
     )
     lines: list[str] = [f"# {flow_name}: `{root}`", ""]
-    if best is not None:
+    if latest is not None:
         lines.append(
-            f"Latest model: iteration {best['iteration']} ({best['role']}, {best['model']}), "
-            f"val {format_value('val_accuracy', best['val_accuracy'])}, "
-            f"test {format_value('test_accuracy', best['test_accuracy'])}."
+            f"Latest model: iteration {latest['iteration']} ({latest['role']}, {latest['model']}), "
+            f"val {format_value('val_accuracy', latest['val_accuracy'])}, "
+            f"test {format_value('test_accuracy', latest['test_accuracy'])}."
         )
     notes = gain_notes([r for r in rows if r.get("state") == "done"])
     if notes:
