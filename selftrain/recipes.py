@@ -63,7 +63,8 @@ _PHOTOS: dict[str, Any] = {
     # joint training refines instead of restarting (seed 0: finetuned 41.00% -> 44.10%).
     # The teacher labels the weak view (the student still learns on the strong one): drawn on the
     # RandAugment view a 41%-right teacher's labels are 27% right, on the weak view 30% (40% by
-    # argmax). Finetuned MPL student over 3 seeds 43.42 -> 44.93% (better in each; session 13).
+    # argmax). Finetuned MPL student over 3 seeds 43.66 -> 44.46% in the benchmark, 43.42 ->
+    # 44.93% in hand runs on one thread (better in every seed both times; sessions 13-14).
     "mpl": {
         "init_student_from_supervised": True,
         "pseudo_label_view": "weak",
