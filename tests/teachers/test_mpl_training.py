@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,8 +87,6 @@ def test_mpl_stages_write_tensorboard_scalars(mpl_run):
 def test_mpl_teacher_recorded_done_is_not_redone_when_the_student_was_not(mpl_run, tmp_path):
     """A kill between the two records (the teacher's is written first): the rerun trains the
     student again but leaves the teacher's record and files as they were."""
-    import shutil
-
     from teachers.mpl_training import STUDENT_IT, TEACHER_IT, train_mpl
 
     run = tmp_path / "run"
@@ -106,8 +105,6 @@ def test_mpl_teacher_recorded_done_is_not_redone_when_the_student_was_not(mpl_ru
 def test_mpl_student_can_start_from_the_supervised_teacher(mpl_run, tmp_path):
     """The photo recipe's MPL student starts as the supervised teacher: before its first update
     (one joint step, the student waiting) its saved weights are the teacher's, tensor for tensor."""
-    import shutil
-
     from teachers.mpl_training import STUDENT_IT, train_mpl
 
     run = tmp_path / "run"
@@ -128,8 +125,6 @@ def test_mpl_student_can_start_from_the_supervised_teacher(mpl_run, tmp_path):
 def test_pseudo_label_view_decides_what_the_student_learns(mpl_run, tmp_path):
     """`mpl.pseudo_label_view`: the same seed gives the same student twice, and labels drawn on the
     weak view instead of the strong one give another student (the option reaches the step)."""
-    import shutil
-
     from teachers.mpl_training import STUDENT_IT, train_mpl
 
     def student_after(view: str, name: str) -> dict[str, torch.Tensor]:
