@@ -54,6 +54,25 @@ def _join_optimizer(name: str, tensors: dict[str, torch.Tensor], meta: dict[str,
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def _match_param_layout(opt: torch.optim.Optimizer) -> None:
+    """Give each restored state tensor its parameter's memory layout.
+
+    Checkpoints store tensors contiguous (safetensors has no strides); the parameters of a
+    channels_last model are not. A fused optimizer walks state and parameter as flat memory, so a
+    layout mismatch pairs the wrong elements and silently corrupts every resumed update (found by
+    the finetune's resume test); other implementations are only slower.
+    """
+    for group in opt.param_groups:
+        for param in group["params"]:
+            for key, value in opt.state.get(param, {}).items():
+                if (
+                    isinstance(value, torch.Tensor)
+                    and value.shape == param.shape
+                    and value.stride() != param.stride()
+                ):
+                    opt.state[param][key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     np_state = np.random.get_state()
     tensors = {
@@ -163,6 +182,7 @@ def load_checkpoint(
             module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
         for name, opt in optimizers.items():
             opt.load_state_dict(_join_optimizer(name, tensors, meta["optimizers"][name]))
+            _match_param_layout(opt)
         for name, sched in schedulers.items():
             sched.load_state_dict(meta["schedulers"][name])
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
