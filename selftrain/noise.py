@@ -16,13 +16,20 @@ from __future__ import annotations
 from PIL import Image
 from timm.data import rand_augment_transform
 
+from selftrain import augment_rng
 from selftrain.augment_rng import route_timm_randaugment
 from selftrain.config import AugmentConfig
 from selftrain.transforms import Compose, to_tensor, weak_augment_ops
 
 
 class RandAugmentPIL:
-    """timm RandAugment at a fixed magnitude (with timm's magnitude noise, std 0.5); picklable."""
+    """timm RandAugment at a fixed magnitude (with timm's magnitude noise, std 0.5); picklable.
+
+    The ops are timm's; the draw of which ops to apply (uniform, with replacement, as timm's
+    RandAugment draws them) is made here with Python's `random.choices`: timm's
+    `np.random.choice` over a list of op objects cost 14-20 us per image, more than one op on a
+    32x32 image, and the student augments 14-28 images per labeled one (docs/results.md, session 15).
+    """
 
     def __init__(self, magnitude: int, num_ops: int, image_size: int, channels: int = 3):
         fill = 0 if channels == 1 else (124, 116, 104)
@@ -34,7 +41,9 @@ class RandAugmentPIL:
     def __call__(self, img: Image.Image) -> Image.Image:
         if img.mode != self.mode:
             img = img.convert(self.mode)
-        return self.ra(img)
+        for op in augment_rng.py().choices(self.ra.ops, k=self.ra.num_layers):
+            img = op(img)
+        return img
 
 
 def noised_transform(
