@@ -17,7 +17,6 @@ from PIL import Image
 from timm.data import rand_augment_transform
 
 from selftrain import augment_rng
-from selftrain.augment_rng import route_timm_randaugment
 from selftrain.config import AugmentConfig
 from selftrain.transforms import Compose, to_tensor, weak_augment_ops
 
@@ -34,7 +33,7 @@ class RandAugmentPIL:
     def __init__(self, magnitude: int, num_ops: int, image_size: int, channels: int = 3):
         fill = 0 if channels == 1 else (124, 116, 104)
         hparams = {"translate_const": int(image_size * 0.45), "img_mean": fill}
-        route_timm_randaugment()  # its draws come from the stream-seeded generators
+        augment_rng.route_timm_randaugment()  # its draws come from the stream-seeded generators
         self.ra = rand_augment_transform(f"rand-m{magnitude}-n{num_ops}-mstd0.5", hparams)
         self.mode = "L" if channels == 1 else "RGB"
 
