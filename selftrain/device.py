@@ -35,7 +35,7 @@ def autocast(device: torch.device):
 
 
 def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    return model.to(device).to(memory_format=torch.channels_last)
+    return model.to(device=device, memory_format=torch.channels_last)
 
 
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
