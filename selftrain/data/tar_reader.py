@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,6 +47,15 @@ def _number(field: bytes) -> int:
         return int(text or b"0", 8)
     except ValueError:
         raise _Corrupt("bad number in a tar header") from None
+
+
+def _byte_sum(header: bytes) -> int:
+    """sum(header) for a 512-byte block, in C: 1 us instead of 4, twice per sample.
+
+    Adler-32's low half is 1 + the byte sum modulo 65521; over 256 bytes the sum is at most 65,280,
+    so each half's sum is exact.
+    """
+    return (zlib.adler32(header[:256]) & 0xFFFF) + (zlib.adler32(header[256:]) & 0xFFFF) - 2
 
 
 def _pax(data: bytes) -> dict[str, str]:
@@ -98,7 +108,7 @@ def _files(reader: _Reader, strict: bool = False) -> Iterator[tuple[str, bytes]]
         if len(header) < BLOCK:
             raise _Corrupt("unexpected end of file")
         try:
-            valid = _number(header[148:156]) == sum(header) - sum(header[148:156]) + 256
+            valid = _number(header[148:156]) == _byte_sum(header) - sum(header[148:156]) + 256
         except _Corrupt:
             valid = False
         if not valid:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from selftrain.data.tar_reader import iter_shard_fast
 from selftrain.data.dataset_info import ShardEntry, load_dataset
 from selftrain.data.shards import SkipCounter, iter_shard
+from selftrain.data.tar_reader import _byte_sum, iter_shard_fast
 from selftrain.errors import SelftrainError
 
 
@@ -100,3 +100,14 @@ def test_skip_corrupt_counts_the_same(tmp_path: Path, digits_master: Path):
         samples = list(reader(path, entry, skip_corrupt=True, skipped=skipped))
         counts.append((len(samples), skipped.count))
     assert counts[0] == counts[1] and counts[0][0] + counts[0][1] == entry.samples
+
+
+@pytest.mark.parametrize("fill", [0, 1, 127, 255])
+def test_header_checksum_sum_is_exact_at_the_extremes(fill: int):
+    """The fast byte sum behind header validation must equal sum() even for all-0xFF blocks."""
+    import random
+
+    rng = random.Random(fill)
+    blocks = [bytes([fill]) * 512, bytes(rng.randrange(256) for _ in range(512))]
+    for block in blocks:
+        assert _byte_sum(block) == sum(block)
