@@ -35,9 +35,10 @@ Targets on a 2-core CPU: pipeline >= 0.90 of the limit and >= 1.3x the peer; the
 for 10k and 40k images (streaming); label bytes <= 2% of image bytes. `--json` keys:
 pipeline_images_per_s, model_images_per_s, ratio (pipeline / model), decode_images_per_s,
 limit_images_per_s, ratio_to_limit (of the 40k run), peer_images_per_s, speedup_vs_peer (pipeline /
-peer, 10k run), peer_workers, teacher_load_seconds (of the 40k run), peak_rss_mb_10k, peak_rss_mb_40k, label_bytes_per_image,
-image_bytes_per_image (of the 10k shards: stored shard bytes, tar overhead included), load_average,
-ratio_to_limit_chunks and decode_us_rounds (of the 40k run: per chunk; per way to decode, per chunk).
+peer, 10k run), peer_workers, teacher_load_seconds (of the 40k run), peak_rss_mb_10k,
+peak_rss_mb_40k, label_bytes_per_image, image_bytes_per_image (of the 10k shards: stored shard
+bytes, tar overhead included), load_average, ratio_to_limit_chunks and decode_us_rounds (of the
+40k run: per chunk; per way to decode, per chunk).
 The measuring functions take a device: `benchmarks/gpu_check.sh` runs them on CUDA.
 """
 
@@ -303,9 +304,9 @@ def child(
     split = dataset.split("unlabeled")
     images, batch = split.total, cfg.pseudolabel.batch_size
     sample = raw_images(dataset, min(images, 4000))
-    # The labeling runs in chunks of shards, each chunk preceded by
-    # the model alone and the decode alone: the limit of every chunk is measured beside it, so a
-    # shared machine's drift (single measurements moved 20% within a minute) hits both alike.
+    # The labeling runs in chunks of shards, each preceded by the model alone and the decode
+    # alone: the limit of every chunk is measured beside it, so a shared machine's drift (single
+    # measurements moved 20% within a minute) hits both alike.
     chunks = [
         c.tolist() for c in np.array_split(np.arange(len(split.shards)), min(CHUNKS, len(split.shards)))
     ]
