@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import random
 import re
 import tarfile
 from pathlib import Path
@@ -105,8 +106,6 @@ def test_skip_corrupt_counts_the_same(tmp_path: Path, digits_master: Path):
 @pytest.mark.parametrize("fill", [0, 1, 127, 255])
 def test_header_checksum_sum_is_exact_at_the_extremes(fill: int):
     """The fast byte sum behind header validation must equal sum() even for all-0xFF blocks."""
-    import random
-
     rng = random.Random(fill)
     blocks = [bytes([fill]) * 512, bytes(rng.randrange(256) for _ in range(512))]
     for block in blocks:
