@@ -16,8 +16,11 @@ from pseudolabel.sidecar import (
     incomplete_reason,
     meta_path,
     read_sidecar,
+    record_dtype,
     sidecar_path,
     sidecar_stem,
+    tar_member,
+    tar_members,
 )
 from selftrain import atomic
 from selftrain.errors import SelftrainError
@@ -95,6 +98,37 @@ def test_long_and_non_ascii_keys_round_trip(tmp_path: Path):
     labels = read_sidecar(path, C)
     assert labels.keys == keys and labels.cls.tolist() == [1, 2, 3]
     assert [s["__key__"] for s in wds.WebDataset(str(path), shardshuffle=False)] == keys
+
+
+@pytest.mark.parametrize("mode", ["soft", "hard", "topk"])
+def test_batched_members_are_the_bytes_of_member_by_member(mode: str):
+    """The array-built batch of members must equal tar_member's, byte for byte, whatever the
+    names (equal, unequal, too long for ustar, non-ASCII): sidecars stay readable everywhere."""
+    dtype = record_dtype(mode, C, 3 if mode == "topk" else None)
+    prefix = bytes(range(128))  # any fixed bytes before each record (the .npy header)
+    records = np.zeros(40, dtype=dtype)
+    records["cls"] = np.arange(40) % C
+    records["conf"] = np.linspace(0, 1, 40)
+    for names in (
+        [f"synth_{i:07d}.label.npy" for i in range(40)],
+        [f"k{i}.label.npy" for i in range(40)],
+        ["x" * 120 + ".label.npy"] + [f"a{i:02d}.label.npy" for i in range(39)],
+        [f"bild_é{i:02d}.label.npy" for i in range(40)],
+    ):
+        one_by_one = b"".join(tar_member(n, prefix + records[i].tobytes()) for i, n in enumerate(names))
+        assert tar_members(names, prefix, records) == one_by_one, names[0]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_failed_write_is_raised_not_lost():
+    """Compression runs on its own thread: a full disk must still reach the caller."""
+    p = _probs(2000)
+    with pytest.raises(OSError), SidecarWriter(Path("/dev/full"), "soft", C) as w:
+        for s in range(0, 2000, 256):
+            q = p[s : s + 256]
+            w.write(
+                [f"key_{i:05d}" for i in range(s, s + len(q))], q.argmax(1), q.max(1), q.astype(np.float16)
+            )
 
 
 def test_labels_are_small(tmp_path: Path):
