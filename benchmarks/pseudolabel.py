@@ -41,7 +41,9 @@ limit_images_per_s, ratio_to_limit (of the 40k run), peer_images_per_s, speedup_
 peer, 10k run, paired rounds pooled), speedup_vs_peer_rounds, peer_workers (per round), teacher_load_seconds (of the 40k run), peak_rss_mb_10k,
 peak_rss_mb_40k, label_bytes_per_image, image_bytes_per_image (of the 10k shards: stored shard
 bytes, tar overhead included), load_average, ratio_to_limit_chunks and decode_us_rounds (of the
-40k run: per chunk; per way to decode, per chunk).
+40k run: per chunk; per way to decode, per chunk), gap_us (of the 40k run, per image: the
+pipeline's wait for decoded batches over the cheapest decode alone, its model phase over the
+model alone, its sidecar writing, the rest; they sum to the time per image over the limit's).
 The measuring functions take a device: `benchmarks/gpu_check.sh` runs them on CUDA.
 """
 
@@ -331,6 +333,7 @@ def child(
                 "model_seconds": t_model,
                 "decode_s": decode_s,
                 "limit_seconds": n * (t_model / n_model + min(decode_s.values())),
+                "phases": labeling.phases,
             }
         )
     parts[0]["seconds"] += load_s  # the one load a whole labeling call pays
@@ -384,6 +387,26 @@ def child(
         "limit_images_per_s": labeled / limit_s,
         "ratio_to_limit": limit_s / pipeline_s,
         "ratio_to_limit_chunks": [round(p["limit_seconds"] / p["seconds"], 3) for p in parts],
+        # Where the gap to the limit is: the pipeline's own phases per image beside the two parts
+        # of the limit, each pooled over the chunks.
+        "gap_us": {
+            "input_over_decode": sum(
+                p["phases"].input - p["images"] * min(p["decode_s"].values()) for p in parts
+            )
+            / labeled
+            * 1e6,
+            "model_over_model_alone": sum(
+                p["phases"].model - p["images"] * p["model_seconds"] / p["model_images"] for p in parts
+            )
+            / labeled
+            * 1e6,
+            "write": sum(p["phases"].write for p in parts) / labeled * 1e6,
+            "other": sum(
+                p["seconds"] - p["phases"].input - p["phases"].model - p["phases"].write for p in parts
+            )
+            / labeled
+            * 1e6,
+        },
         **peer_result,
         "selection_seconds": selection_s,
         "teacher_load_seconds": load_s,
@@ -473,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         "decode_images_per_s": round(big["decode_images_per_s"], 1),
         "decode_us_rounds": big["decode_us_rounds"],
         "ratio_to_limit_chunks": big["ratio_to_limit_chunks"],
+        "gap_us": {k: round(v, 1) for k, v in big["gap_us"].items()},
         "limit_images_per_s": round(big["limit_images_per_s"], 1),
         "ratio_to_limit": round(big["ratio_to_limit"], 3),
         "peer_images_per_s": round(small["peer_images_per_s"], 1),
@@ -508,6 +532,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"decode + resize alone, us/image (40k): {big['decode_us']}; peer (10k): pipeline / peer per round "
         f"{small['speedup_vs_peer_rounds']}, the peer's best DataLoader workers {small['peer_workers']}"
+    )
+    print(
+        "the 40k run's time over its limit, us/image: "
+        + ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in summary["gap_us"].items())
     )
     share = summary["label_bytes_per_image"] / summary["image_bytes_per_image"]
     print(

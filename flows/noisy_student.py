@@ -56,6 +56,17 @@ def pseudolabel_shards_task(run_dir: str, cfg: RunConfig, iteration: int, shards
     """One unit of parallel work: label a group of shards (complete sidecars are reused)."""
     ctx = reopen(run_dir, cfg)
     result = label_shards(ctx.store, ctx.dataset, iteration, shards, ctx.cfg, ctx.device)
+    if result.labeled_images:
+        t = result.phases
+        get_run_logger().info(
+            "shards %s: %d images in %.1f s (reading + decoding %.1f s, model %.1f s, writing %.1f s)",
+            shards,
+            result.labeled_images,
+            result.seconds,
+            t.input,
+            t.model,
+            t.write,
+        )
     return [vars(o) for o in result.shards]
 
 

@@ -147,11 +147,24 @@ class ShardOutcome:
 
 
 @dataclass
+class PhaseSeconds:
+    """Where a labeling call's time went: waiting for decoded batches (`input`: reading,
+    decoding and resizing, unless DataLoader workers do it ahead), the device (`model`: batched
+    decoding there, forward, softmax, copy back) and the sidecars (`write`). Input well above
+    model means the labeler starves the model: more `data.num_workers`, or batched decoding."""
+
+    input: float = 0.0
+    model: float = 0.0
+    write: float = 0.0
+
+
+@dataclass
 class LabelingResult:
     iteration: int
     spec: LabelSpec
     shards: list[ShardOutcome] = field(default_factory=list)
     seconds: float = 0.0
+    phases: PhaseSeconds = field(default_factory=PhaseSeconds)
 
     @property
     def labeled_images(self) -> int:
@@ -167,6 +180,7 @@ class LabelingResult:
             "reused_shards": sum(s.status == "reused" for s in self.shards),
             "labeled_images": self.labeled_images,
             "skipped": sum(s.skipped for s in self.shards),
+            "phase_seconds": {k: round(v, 3) for k, v in asdict(self.phases).items()},
             "shards": [asdict(s) for s in self.shards],
         }
 
@@ -286,14 +300,16 @@ def label_shards(
                 "restore it or rebuild the data set"
             )
 
+    phases = PhaseSeconds()
     if todo:
         out_dir.mkdir(parents=True, exist_ok=True)
-        outcomes.update(_label(dataset, todo, teacher, spec, cfg, skip, workers, out_dir))
+        outcomes.update(_label(dataset, todo, teacher, spec, cfg, skip, workers, out_dir, phases))
     return LabelingResult(
         iteration=iteration,
         spec=spec,
         shards=[outcomes[i] for i in indices],
         seconds=time.perf_counter() - started,
+        phases=phases,
     )
 
 
@@ -306,6 +322,7 @@ def _label(
     skip_corrupt: bool,
     workers: int,
     out_dir: Path,
+    phases: PhaseSeconds,
 ) -> dict[int, ShardOutcome]:
     per_image, per_batch = split_eval_transform(teacher.image_size, dataset.info.channels)
     batched = use_batched_decode(cfg.data.decode, teacher.device)
@@ -330,24 +347,40 @@ def _label(
     open_sidecars: dict[int, _OpenSidecar] = {}
     done: dict[int, ShardOutcome] = {}
     skipped_here: dict[int, int] = {}  # JPEGs that failed on the device and in PIL (--skip-corrupt)
+    mark = time.perf_counter()
+
+    def lap() -> float:
+        nonlocal mark
+        now = time.perf_counter()
+        seconds, mark = now - mark, now
+        return seconds
+
     try:
         for batch in loader:
+            phases.input += lap()
             if batch.error is not None:
                 raise SelftrainError(batch.error)
             sidecar = open_sidecars.get(batch.shard)
             if sidecar is None:
                 sidecar = _OpenSidecar(out_dir, entries[batch.shard], spec, teacher.iteration)
                 open_sidecars[batch.shard] = sidecar
+            phases.write += lap()
+            fields, keys = None, []
             if batch.size:
                 images, keys = _batch_on_device(
                     batch, dataset, entries[batch.shard], teacher, per_image, skip_corrupt, skipped_here
                 )
                 if keys:
                     probs = teacher.probabilities(per_batch(images), spec.temperature, spec.hflip_average)
-                    sidecar.writer.write(keys, **label_fields(probs, spec))
+                    fields = label_fields(probs, spec)  # copies to the host: waits for the device
+            phases.model += lap()
+            if fields is not None:
+                sidecar.writer.write(keys, **fields)
             if batch.last:
                 skipped = batch.skipped + skipped_here.pop(batch.shard, 0)
                 done[batch.shard] = open_sidecars.pop(batch.shard).commit(skipped)
+            phases.write += lap()
+        phases.input += lap()  # the stream's end: the last shard's checksum
     except BaseException:
         for sidecar in open_sidecars.values():
             sidecar.abort()

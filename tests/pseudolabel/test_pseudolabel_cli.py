@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -33,6 +34,9 @@ def test_end_to_end_writes_sidecars_selection_plot_and_manifest(run, capsys):
     assert rc == 0
     result = json.loads(out)
     assert result["labeling"]["labeled_images"] == 1207 and result["missing_shards"] == []
+    phases = result["labeling"]["phase_seconds"]  # where the time went: each part measured, within the total
+    assert set(phases) == {"input", "model", "write"} and min(phases.values()) > 0
+    assert sum(phases.values()) <= result["labeling"]["seconds"] + 0.01
     sel = read_selection(run, 0)
     n = sel["images_per_class"]
     stats = sel["stats"]
@@ -54,6 +58,7 @@ def test_human_output(run, capsys):
     rc, out, _ = _run_cli(capsys, "--run-dir", str(run.root))
     assert rc == 0
     assert "labeled 10 shards (1207 images)" in out and "pseudo-label accuracy: before filter" in out
+    assert re.search(r"\(reading \+ decoding \d+\.\d s, model \d+\.\d s, writing \d+\.\d s\)", out)
     assert out.splitlines()[-1].startswith("9 ")  # per-class table, last class
 
 
