@@ -47,6 +47,19 @@ def test_eval_transform_equals_torchvision(mode: str):
         assert torch.allclose(ours, reference(image), atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA"])
+def test_pil_to_uint8_is_torchvisions_pil_to_tensor(mode: str):
+    """The bytes path for L and RGB (and numpy's for other modes) give torchvision's pixels, in a
+    tensor that owns writable, contiguous memory (batches are stacked and normalized in place)."""
+    rng = np.random.default_rng(1)
+    shape = {"L": (7, 12), "RGB": (7, 12, 3), "RGBA": (7, 12, 4)}[mode]
+    image = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode)
+    ours = pil_to_uint8(image)
+    expected = v2.functional.pil_to_tensor(image).to(torch.uint8)
+    assert ours.dtype == torch.uint8 and ours.is_contiguous() and torch.equal(ours, expected)
+    ours += 1  # writable: no warning, no shared buffer
+
+
 def test_per_image_and_per_batch_normalization_agree_bit_for_bit():
     images = [_digit(12), _digit(12).rotate(90)]
     batch = normalize(torch.stack([pil_to_uint8(im) for im in images]))
