@@ -69,6 +69,7 @@ def test_gpu_check_cpu_mode_writes_every_figure(tmp_path):
         assert labeling["png32"]["decode"] == "auto" and labeling["jpeg64_batched"]["decode"] == "batched"
         for row in (labeling[k] for k in ("png32", "jpeg64_batched")):
             assert row["pipeline_images_per_s"] > 0 and row["model_images_per_s"] > 0 and row["ratio"] > 0
+            assert set(row["gap_us"]) == {"input_over_decode", "model_over_model_alone", "write", "other"}
     else:
         assert parts["photos"]["status"] == parts["labeling"]["status"] == "skipped"
 
