@@ -380,7 +380,7 @@ def _label(
                 skipped = batch.skipped + skipped_here.pop(batch.shard, 0)
                 done[batch.shard] = open_sidecars.pop(batch.shard).commit(skipped)
             phases.write += lap()
-        phases.input += lap()  # the stream's end: the last shard's checksum
+        phases.input += lap()  # the loader's end (workers shutting down)
     except BaseException:
         for sidecar in open_sidecars.values():
             sidecar.abort()
