@@ -378,9 +378,8 @@ def part_labeling(ctx: dict) -> dict:
                 "model_images_per_s": round(r["model_images_per_s"], 1),
                 "ratio": round(r["pipeline_images_per_s"] / r["model_images_per_s"], 3),
                 "cpu_decode_us": r["decode_us"],
-                "gap_us": {
-                    k: round(v, 1) for k, v in r["gap_us"].items()
-                },  # where the time over the limit goes
+                # where the time over the limit goes, by phase
+                "gap_us": {k: round(v, 1) for k, v in r["gap_us"].items()},
                 "peak_gpu_mb": round(r["peak_gpu_mb"], 1),
                 "peak_rss_mb": round(r["peak_rss_mb"], 1),
             }

@@ -38,10 +38,11 @@ Targets on a 2-core CPU: pipeline >= 0.90 of the limit and >= 1.3x the peer; the
 for 10k and 40k images (streaming); label bytes <= 2% of image bytes. `--json` keys:
 pipeline_images_per_s, model_images_per_s, ratio (pipeline / model), decode_images_per_s,
 limit_images_per_s, ratio_to_limit (of the 40k run), peer_images_per_s, speedup_vs_peer (pipeline /
-peer, 10k run, paired rounds pooled), speedup_vs_peer_rounds, peer_workers (per round), teacher_load_seconds (of the 40k run), peak_rss_mb_10k,
-peak_rss_mb_40k, label_bytes_per_image, image_bytes_per_image (of the 10k shards: stored shard
-bytes, tar overhead included), load_average, ratio_to_limit_chunks and decode_us_rounds (of the
-40k run: per chunk; per way to decode, per chunk), gap_us (of the 40k run, per image: the
+peer, 10k run, paired rounds pooled), speedup_vs_peer_rounds, peer_workers (per round),
+teacher_load_seconds (of the 40k run), peak_rss_mb_10k, peak_rss_mb_40k, label_bytes_per_image,
+image_bytes_per_image (of the 10k shards: stored shard bytes, tar overhead included),
+load_average, ratio_to_limit_chunks and decode_us_rounds (of the 40k run: per chunk; per way to
+decode, per chunk), gap_us (of the 40k run, per image: the
 pipeline's wait for decoded batches over the cheapest decode alone, its model phase over the
 model alone, its sidecar writing, the rest; they sum to the time per image over the limit's).
 The measuring functions take a device: `benchmarks/gpu_check.sh` runs them on CUDA.
@@ -282,6 +283,23 @@ def peer_pipeline(dataset, teacher, batch_size: int, workers: int, out_dir: Path
     return n, time.perf_counter() - started
 
 
+def _gap_us(parts: list[dict], images: int) -> dict[str, float]:
+    """The pipeline's time per image over its limit, by phase, pooled over the chunks: its wait for
+    decoded batches over the decode alone, its model phase over the model alone, its sidecar
+    writing and the rest (the four sum to pipeline minus limit)."""
+    decode = sum(p["images"] * min(p["decode_s"].values()) for p in parts)
+    model = sum(p["images"] * p["model_seconds"] / p["model_images"] for p in parts)
+    phases = {k: sum(getattr(p["phases"], k) for p in parts) for k in ("input", "model", "write")}
+    other = sum(p["seconds"] for p in parts) - sum(phases.values())
+    seconds = {
+        "input_over_decode": phases["input"] - decode,
+        "model_over_model_alone": phases["model"] - model,
+        "write": phases["write"],
+        "other": other,
+    }
+    return {k: v / images * 1e6 for k, v in seconds.items()}
+
+
 def child(
     run_dir: Path, workers: int, device_name: str = "cpu", decode: str | None = None, peer: bool = False
 ) -> dict:
@@ -387,26 +405,7 @@ def child(
         "limit_images_per_s": labeled / limit_s,
         "ratio_to_limit": limit_s / pipeline_s,
         "ratio_to_limit_chunks": [round(p["limit_seconds"] / p["seconds"], 3) for p in parts],
-        # Where the gap to the limit is: the pipeline's own phases per image beside the two parts
-        # of the limit, each pooled over the chunks.
-        "gap_us": {
-            "input_over_decode": sum(
-                p["phases"].input - p["images"] * min(p["decode_s"].values()) for p in parts
-            )
-            / labeled
-            * 1e6,
-            "model_over_model_alone": sum(
-                p["phases"].model - p["images"] * p["model_seconds"] / p["model_images"] for p in parts
-            )
-            / labeled
-            * 1e6,
-            "write": sum(p["phases"].write for p in parts) / labeled * 1e6,
-            "other": sum(
-                p["seconds"] - p["phases"].input - p["phases"].model - p["phases"].write for p in parts
-            )
-            / labeled
-            * 1e6,
-        },
+        "gap_us": _gap_us(parts, labeled),
         **peer_result,
         "selection_seconds": selection_s,
         "teacher_load_seconds": load_s,
