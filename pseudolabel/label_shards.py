@@ -329,7 +329,7 @@ def _label(
     stream = ShardBatches(
         dataset,
         todo,
-        per_image,
+        teacher.image_size,
         cfg.pseudolabel.batch_size,
         verify_checksums=cfg.data.verify_checksums,
         skip_corrupt=skip_corrupt,

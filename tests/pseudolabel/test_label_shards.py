@@ -8,13 +8,13 @@ import torch
 from PIL import Image
 
 from pseudolabel.label_shards import LabelSpec, label_shards, pseudo_dir, resolve_shards
-from pseudolabel.shard_batches import split_eval_transform
+from pseudolabel.shard_batches import split_eval_transform, stack_pixels
 from pseudolabel.sidecar import meta_path, read_meta, read_sidecar, sidecar_path
 from pseudolabel.teacher_model import load_teacher
 from selftrain.data.dataset_info import load_dataset
 from selftrain.data.shards import decode_sample, iter_shard
 from selftrain.errors import SelftrainError
-from selftrain.transforms import eval_transform
+from selftrain.transforms import Resize, eval_transform
 from tests.helpers import teacher_outputs
 
 CPU = torch.device("cpu")
@@ -129,6 +129,10 @@ def test_split_transform_equals_eval_transform(digits_shards):
         full = eval_transform(size, channels)
         batch = per_batch(torch.stack([per_image(im) for im in images]))
         assert torch.equal(batch, torch.stack([full(im) for im in images])), (size, channels)
+        # The labeler's batches: each resized image's raw pixels, one tensor per batch.
+        pixels = stack_pixels([Resize(size)(im).tobytes() for im in images], size, channels)
+        assert pixels.is_contiguous() and pixels.dtype == torch.uint8
+        assert torch.equal(per_batch(pixels), batch), (size, channels)
 
 
 def test_rerun_reuses_complete_sidecars_and_relabels_changed_ones(run, set_pseudolabel_config, sidecar_files):
