@@ -10,8 +10,10 @@ The eval transform is split in two: the per-image part (deterministic resize to 
 input size, PIL -> uint8 tensor) runs while decoding, the elementwise rest (to float, normalize)
 runs once per batch on the device. The result is identical to `eval_transform` image by image,
 with a quarter of the bytes to move between processes. While decoding, each resized image is kept
-as its raw pixel bytes and a batch becomes one tensor in one step (`stack_pixels`): a tensor per
-image and a stack of 256 of them cost more per image than the tar reading does.
+as its raw pixel bytes and a batch becomes one tensor in one step (`stack_pixels`), and images are
+decoded without a per-sample record (`decode_image`): a tensor per image, their stack and the
+record cost 26 us an image on the benchmark's 64x64 PNGs, twice the tar reading and hashing
+(docs/results.md, 2026-12-02).
 
 With `keep_jpeg` (batched decoding on the model's device, `selftrain.data.batch_decode`), JPEG
 samples are not decoded here at all: their bytes travel in `ShardBatch.jpegs` and the labeler
