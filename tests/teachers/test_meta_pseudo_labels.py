@@ -137,3 +137,33 @@ def test_moving_baseline():
     assert b.reward(1.0) == 1.0  # nothing to subtract yet
     assert b.reward(3.0) == 2.0  # 3 - 1
     assert b.value == 2.0
+
+
+def test_feedback_measures_the_step_not_dropout_or_batch_statistics():
+    """A step that changes nothing (lr 0) must give h = 0 exactly, with dropout and batch norm on.
+
+    Measured in train mode, "before" (on labeled + unlabeled) and "after" (labeled alone) would
+    differ by two dropout masks and two sets of batch statistics, and the teacher would learn
+    from that noise as if it were the pseudo-labels' effect.
+    """
+    torch.manual_seed(0)
+    student = torch.nn.Sequential(
+        torch.nn.Linear(D, 16),
+        torch.nn.BatchNorm1d(16),
+        torch.nn.ReLU(),
+        torch.nn.Dropout(0.5),
+        torch.nn.Linear(16, C),
+    )
+    x_l, y_l = torch.randn(8, D), torch.randint(0, C, (8,))
+    x_u = torch.randn(24, D) * 3 + 1  # batch statistics unlike the labeled batch's alone
+    student.train()
+    for _ in range(3):
+        h, _ = student_step_feedback(
+            student, torch.optim.SGD(student.parameters(), lr=0.0), x_l, y_l, x_u, torch.randint(0, C, (24,))
+        )
+        assert h == 0.0
+    assert student.training, "MPL keeps training the student: it must be left in train mode"
+    h, _ = student_step_feedback(
+        student, torch.optim.SGD(student.parameters(), lr=0.5), x_l, y_l, x_u, torch.randint(0, C, (24,))
+    )
+    assert h != 0.0, "a real step must still show in h"
