@@ -97,13 +97,14 @@ def student_step_feedback(
 
 
 def _eval_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """CE of `model` on (x, y) in eval mode; the model is left in train mode (where MPL keeps it)."""
+    """CE of `model` on (x, y) in eval mode; the model's mode is restored (as `evaluate` does)."""
+    was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             return F.cross_entropy(model(x).float(), y).item()
     finally:
-        model.train()
+        model.train(was_training)
 
 
 def uda_loss(
