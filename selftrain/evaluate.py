@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from selftrain import distributed
 from selftrain.device import autocast, to_device
+from selftrain.models import eval_mode
 
 
 @dataclass
@@ -29,12 +30,10 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, num_classes: int, device: torch.device) -> EvalResult:
-    was_training = model.training
-    model.eval()
     correct = torch.zeros(num_classes, dtype=torch.long)
     total = torch.zeros(num_classes, dtype=torch.long)
     loss_sum = 0.0
-    try:
+    with eval_mode(model):
         for x, y in loader:
             x, y = to_device(x, device), y.to(device)
             with autocast(device):
@@ -44,8 +43,6 @@ def evaluate(model: torch.nn.Module, loader, num_classes: int, device: torch.dev
             y = y.cpu()
             total += torch.bincount(y, minlength=num_classes)
             correct += torch.bincount(y[hit], minlength=num_classes)
-    finally:
-        model.train(was_training)
     # Under torchrun each rank saw its share of the split: the sums make it the whole split's result.
     if distributed.active():
         packed = torch.cat([correct, total]).double()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import timm
 import torch
 
@@ -50,6 +53,21 @@ def load_matching(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> i
     return len(matching)
 
 
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """`model` in eval mode for the block, then back in the mode it was in, even on an exception.
+
+    Evaluation runs in the middle of training (val checks, MPL's reward, FLOP counts): leaving a
+    model in eval mode there would silently switch its dropout and batch-norm updates off.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -58,10 +76,7 @@ def count_flops(model: torch.nn.Module, in_chans: int, resolution: int) -> int:
     """Forward FLOPs of one image, counted by torch's own FlopCounterMode (not estimated)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    was_training = model.training
-    model.eval()
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
+    with eval_mode(model), torch.no_grad(), counter:
         model(torch.zeros(1, in_chans, resolution, resolution, device=next(model.parameters()).device))
-    model.train(was_training)
     return int(counter.get_total_flops())

@@ -46,6 +46,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from selftrain.models import eval_mode
+
 
 def mpl_teacher_loss(
     teacher_logits_u: torch.Tensor, pseudo_labels: torch.Tensor, reward: float
@@ -98,13 +100,8 @@ def student_step_feedback(
 
 def _eval_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """CE of `model` on (x, y) in eval mode; the model's mode is restored (as `evaluate` does)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return F.cross_entropy(model(x).float(), y).item()
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        return F.cross_entropy(model(x).float(), y).item()
 
 
 def uda_loss(
