@@ -123,3 +123,15 @@ def test_pad_crop_shifts_within_the_padding():
     for o in outs:  # every output is some 32x32 window of the reflect-padded image
         assert any(np.array_equal(o, padded[y : y + 32, x : x + 32]) for y in range(9) for x in range(9))
     assert len({o.tobytes() for o in outs}) > 5
+
+
+def test_photo_mpl_student_is_larger_than_its_teacher():
+    """The photo recipe's MPL student is a deeper copy of the teacher (measured to pay on photos)
+    and still starts from the supervised teacher's weights."""
+    cfg = load_config(None, recipe="photos")
+    teacher, student = (
+        count_parameters(build_model(n, num_classes=10, in_chans=3))
+        for n in (cfg.mpl.teacher_model, cfg.mpl.student_model)
+    )
+    assert student > teacher
+    assert cfg.mpl.init_student_from_supervised
