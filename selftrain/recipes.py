@@ -4,7 +4,8 @@ A recipe is a set of config values tuned for a kind of image. Digits-like graysc
 not be flipped (a mirrored 2 is no digit) and need rotation and zoom; colour photos want the
 opposite: horizontal flips, reflect-padded random crops and colour RandAugment; their students are
 equal-size copies of the teacher trained longer (Noisy Student's student is equal or larger, Xie et
-al. 2020, section 2; on a CPU budget, larger did not pay). Choosing the recipe from
+al. 2020, section 2; on a CPU budget, larger did not pay there), while the MPL student is a
+deeper copy of its teacher (that paid). Choosing the recipe from
 the data set means a user who imports photos gets the photo recipe without writing a config.
 
 Precedence: recipe defaults < the `--config` file < `--set` overrides. The recipe's name is saved
@@ -67,7 +68,7 @@ _PHOTOS: dict[str, Any] = {
     # 44.93% in hand runs on one thread (better in every seed both times; sessions 13-14).
     # A larger student (resnet18t, a deeper resnet10t copy that starts as the supervised teacher's
     # function): finetuned 43.70 -> 44.58% over 3 seeds, better in every seed, for 1.5 times the
-    # joint stage's time (session 21, docs/results.md); Noisy Student's equal-or-larger student.
+    # joint stage's time (session 21, docs/results.md).
     "mpl": {
         "student_model": "resnet18t",
         "init_student_from_supervised": True,
