@@ -60,6 +60,16 @@ def _runtime_overrides(args: argparse.Namespace) -> list[str]:
     return extra
 
 
+def _val_fraction(text: str) -> float | None:
+    """`--val-fraction`: a share, or auto (None: `import_imagefolder` decides from the label count)."""
+    if text == "auto":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selftrain", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -80,7 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--labeled", required=True, type=Path)
     imp.add_argument("--unlabeled", required=True, type=Path, help="flat or nested folder of images")
     imp.add_argument("--test", required=True, type=Path)
-    imp.add_argument("--val-fraction", type=float, default=0.1, help="share of --labeled held out as val")
+    imp.add_argument(
+        "--val-fraction",
+        type=_val_fraction,
+        default=None,
+        help="share of --labeled held out as val; 0 = none (every label trains, stages keep their last "
+        "weights, no val accuracy); default auto: 0.1 from 1,000 labels (100 val images, enough to "
+        "choose checkpoints by), else 0",
+    )
     imp.add_argument("--out", required=True, type=Path)
     imp.add_argument("--seed", type=int, default=0)
     imp.add_argument("--samples-per-shard", type=int, default=1000)
@@ -305,6 +322,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     store = RunStore(args.run_dir)
     cfg = store.config()
     dataset = load_dataset(args.data or store.data_dir())
+    dataset.split(args.split)  # an empty split (val imported with --val-fraction 0) is a one-line error
     weights, card = store.load_weights(args.iteration)
     if card["num_classes"] != dataset.info.num_classes:
         raise SelftrainError(

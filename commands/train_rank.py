@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from selftrain.errors import SelftrainError
+from selftrain.evaluate import describe
 from selftrain.launch import STAGES
 
 
@@ -87,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         card = _run_stage(args)
         if rank == 0:
             print(
-                f"done {args.stage}: iteration {card['iteration']} val {card['val_accuracy']:.4f} "
-                f"test {card['test_accuracy']:.4f} world_size {card['world_size']}",
+                f"done {args.stage}: iteration {card['iteration']} val {describe(card['val_accuracy'])} "
+                f"test {describe(card['test_accuracy'])} world_size {card['world_size']}",
                 flush=True,
             )
     except SelftrainError as exc:

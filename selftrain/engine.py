@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from selftrain import distributed
 from selftrain.checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from selftrain.errors import SelftrainError
+from selftrain.evaluate import describe
 from selftrain.tblog import ScalarLog
 
 log = logging.getLogger("selftrain.engine")
@@ -39,7 +40,7 @@ ProgressHook = Callable[[int, int, dict[str, float]], None]
 @dataclass
 class TrainResult:
     best_state: dict[str, torch.Tensor]
-    best_score: float
+    best_score: float | None  # None: the data set has no val split
     best_step: int
     steps: int
     history: list[dict[str, float]]
@@ -61,7 +62,7 @@ class TrainLoop:
     schedulers: dict[str, Any]
     step_fn: Callable[[Any, int], dict[str, float]]
     batches: Callable[[int], Iterator[Any]]
-    evaluate: Callable[[], float]
+    evaluate: Callable[[], float | None]  # val accuracy; None without a val split (keep_best False)
     selected: str
     steps: int
     eval_every: int
@@ -116,10 +117,10 @@ class TrainLoop:
                 k[len("best.") :]: v for k, v in extra.items() if k.startswith("best.")
             } or best_state
             log.info(
-                "resuming %s from step %d (best val %.4f at step %d; written by %d process(es), now %d)",
+                "resuming %s from step %d (best val %s at step %d; written by %d process(es), now %d)",
                 self.desc,
                 start,
-                best_score,
+                describe(best_score),
                 best_step,
                 resumed_world_size,
                 distributed.world_size(),
@@ -207,19 +208,19 @@ class TrainLoop:
                     if tb is not None:
                         tb.evaluation(done, score)
                     running, since = {}, 0
-                    if score >= best_score or not self.keep_best:
+                    if not self.keep_best or score >= best_score:
                         best_score, best_step = score, done
                         best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                    bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{score:.3f}", best=f"{best_score:.3f}")
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", val=describe(score), best=describe(best_score))
                     # The bar is for terminals; this line is what reaches the Prefect UI's task logs.
                     log.info(
-                        "%s step %d/%d: loss %.4f, val %.4f (best %.4f at step %d)",
+                        "%s step %d/%d: loss %.4f, val %s (best %s at step %d)",
                         self.desc,
                         done,
                         self.steps,
                         row["loss"],
-                        score,
-                        best_score,
+                        describe(score),
+                        describe(best_score),
                         best_step,
                     )
                 bar.update(1)

@@ -14,10 +14,15 @@ from selftrain.models import eval_mode
 
 @dataclass
 class EvalResult:
-    top1: float
-    loss: float
+    top1: float | None  # None: nothing to measure on (a data set imported without val)
+    loss: float | None
     count: int
     per_class: list[float | None]  # None where the split has no sample of that class
+
+    @classmethod
+    def nothing(cls, num_classes: int) -> EvalResult:
+        """The result on an absent split: cards say val_accuracy null rather than a made-up 0."""
+        return cls(top1=None, loss=None, count=0, per_class=[None] * num_classes)
 
     def as_dict(self, classes: list[str]) -> dict:
         return {
@@ -26,6 +31,11 @@ class EvalResult:
             "count": self.count,
             "per_class": {c: a for c, a in zip(classes, self.per_class, strict=True)},
         }
+
+
+def describe(top1: float | None) -> str:
+    """An accuracy for a log line: four decimals, or "-" where there was nothing to measure."""
+    return "-" if top1 is None else f"{top1:.4f}"
 
 
 @torch.no_grad()

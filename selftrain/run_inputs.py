@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel
 
 from selftrain.config import RunConfig, load_config
 from selftrain.data.dataset_info import Dataset, load_dataset
 from selftrain.device import resolve_device
 from selftrain.errors import SelftrainError
 from selftrain.runstore import RunStore
+from selftrain.stage import no_val_to_choose_by
 
 
 @dataclass
@@ -56,8 +58,31 @@ def check_inputs(run_dir: str, data: str | None = None, config: str | dict | lis
         raise SelftrainError(
             f"data: required to start a new run in {run_dir} (a data set folder with dataset.json)"
         )
-    load_dataset(data if data is not None else store.data_dir())
-    load_config(*config_arguments(config))
+    dataset = load_dataset(data if data is not None else store.data_dir())
+    check_selection(load_config(*config_arguments(config)), dataset)
+
+
+def check_selection(cfg: RunConfig, dataset: Dataset) -> None:
+    """A stage set to keep its best-on-val weights needs val images: say so before training starts.
+
+    Without this a run on a data set imported with `--val-fraction 0` would train its teacher and
+    only then stop at the stage that chooses by val.
+    """
+    fields = _selection_fields(cfg, "") if not dataset.count("val") else []
+    if fields:
+        raise no_val_to_choose_by(fields[0], dataset)
+
+
+def _selection_fields(section: BaseModel, prefix: str) -> list[str]:
+    """Dotted names of every `selection` set to best_val in the config tree."""
+    found = []
+    for name in type(section).model_fields:
+        value = getattr(section, name)
+        if isinstance(value, BaseModel):
+            found += _selection_fields(value, f"{prefix}{name}.")
+        elif name == "selection" and value == "best_val":
+            found.append(f"{prefix}{name}")
+    return found
 
 
 def open_run(run_dir: str, data: str | None = None, config: str | dict | list | None = None) -> RunContext:
@@ -75,6 +100,7 @@ def open_run(run_dir: str, data: str | None = None, config: str | dict | list | 
     dataset = load_dataset(data)
     config_file, overrides = config_arguments(config)
     cfg = store.open(Path(data), config_file, overrides)
+    check_selection(cfg, dataset)
     return RunContext(store=store, dataset=dataset, cfg=cfg, device=resolve_device(cfg.device))
 
 

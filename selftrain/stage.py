@@ -20,11 +20,12 @@ import torch
 from selftrain import distributed
 from selftrain.config import RunConfig
 from selftrain.data.batch_decode import use_batched_decode
-from selftrain.data.dataset_info import MIN_VAL_FOR_SELECTION, Dataset
+from selftrain.data.dataset_info import MIN_VAL_FOR_SELECTION, OPTIONAL_SPLITS, Dataset
 from selftrain.data.encoded_stream import device_eval_batches
 from selftrain.data.stream import SplitStream, make_loader
 from selftrain.engine import TrainLoop, TrainResult
-from selftrain.evaluate import EvalResult, evaluate
+from selftrain.errors import SelftrainError
+from selftrain.evaluate import EvalResult, describe, evaluate
 from selftrain.modelcard import build_card
 from selftrain.runstore import RunStore
 from selftrain.tblog import stage_log
@@ -44,8 +45,11 @@ def evaluate_split(
     """One deterministic pass over a labeled split; returns the result and the skipped count.
 
     In a process group each rank reads its share of the split and the counts are summed, so every
-    rank returns the whole split's result, computed with rank 0's BatchNorm statistics.
+    rank returns the whole split's result, computed with rank 0's BatchNorm statistics. An empty
+    optional split (a data set imported without val) gives `EvalResult.nothing`.
     """
+    if split in OPTIONAL_SPLITS and dataset.count(split) == 0:
+        return EvalResult.nothing(dataset.info.num_classes), 0
     distributed.broadcast_buffers(model)
     if use_batched_decode(cfg.data.decode, device):  # JPEGs decoded in batches on the GPU
         batches, encoded = device_eval_batches(
@@ -71,9 +75,20 @@ def evaluate_split(
     return result, distributed.sum_int(stream.skipped.count)
 
 
+def no_val_to_choose_by(field: str, dataset: Dataset) -> SelftrainError:
+    return SelftrainError(
+        f"{field}=best_val: {dataset.index_path} has no val images to choose by; set {field} to "
+        "last or auto, or import the data with --val-fraction above 0"
+    )
+
+
 def keeps_best(selection: str, dataset: Dataset, field: str) -> bool:
     """Whether a stage keeps its best-on-val weights (True) or its final ones; warns on a small val."""
-    n_val = dataset.split("val").total
+    n_val = dataset.count("val")
+    if n_val == 0:
+        if selection == "best_val":
+            raise no_val_to_choose_by(field, dataset)
+        return False
     if selection == "best_val":
         if n_val < MIN_VAL_FOR_SELECTION:
             log.warning(
@@ -189,5 +204,12 @@ def train_and_record(
         store.mark_stage(iteration, "train", "done", artifacts=artifacts)
         shutil.rmtree(store.iter_dir(iteration) / "checkpoints", ignore_errors=True)  # the model is saved
     distributed.barrier()  # no rank returns before the model and the manifest entry exist
-    log.info("%s %d: val %.4f test %.4f (%d skipped samples)", role, iteration, val.top1, test.top1, skipped)
+    log.info(
+        "%s %d: val %s test %s (%d skipped samples)",
+        role,
+        iteration,
+        describe(val.top1),
+        describe(test.top1),
+        skipped,
+    )
     return card

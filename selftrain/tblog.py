@@ -88,8 +88,8 @@ class ScalarLog:
                 w.add_scalar("throughput/samples_per_s", self.samples_per_step / seconds, step)
         self._last = now
 
-    def evaluation(self, step: int, val_accuracy: float) -> None:
-        if self._writer is not None:
+    def evaluation(self, step: int, val_accuracy: float | None) -> None:
+        if self._writer is not None and val_accuracy is not None:
             self._writer.add_scalar("val/accuracy", val_accuracy, step)
         self._last = time.perf_counter()  # the evaluation's time is not a training step's
 

@@ -20,6 +20,7 @@ from selftrain.config import RunConfig
 from selftrain.data.dataset_info import Dataset
 from selftrain.device import prepare_model
 from selftrain.errors import SelftrainError
+from selftrain.evaluate import describe
 from selftrain.modelcard import build_card
 from selftrain.models import build_model
 from selftrain.pretrained import read_weights, require_exact_fit
@@ -68,5 +69,11 @@ def import_teacher(
         store.mark_stage(0, "train", "failed", error=str(exc)[:500])
         raise
     store.mark_stage(0, "train", "done", artifacts=artifacts)
-    log.info("imported teacher %s from %s: val %.4f test %.4f", model_name, weights, val.top1, test.top1)
+    log.info(
+        "imported teacher %s from %s: val %s test %s",
+        model_name,
+        weights,
+        describe(val.top1),
+        describe(test.top1),
+    )
     return card

@@ -23,6 +23,9 @@ TRUTH_NAME = "unlabeled_truth.json"  # report-only labels of the unlabeled split
 # 35-60% while test read 38-40%): stages then keep their last weights (selftrain/stage.py).
 MIN_VAL_FOR_SELECTION = 100
 LABELED_SPLITS = ("labeled", "val", "test")
+# Splits a data set may leave empty: `data import --val-fraction 0` trains on every label, and
+# stages then keep their last weights and report no val accuracy.
+OPTIONAL_SPLITS = ("val",)
 
 
 class ShardEntry(BaseModel):
@@ -102,9 +105,16 @@ class Dataset:
             )
         return split
 
+    def count(self, name: str) -> int:
+        """Samples in a split; 0 where it is absent or empty (as val may be, see OPTIONAL_SPLITS)."""
+        split = self.info.splits.get(name)
+        return split.total if split is not None else 0
+
     def check_files(self, split_names: list[str]) -> None:
         """Fail before any work if a shard the stage needs is not there."""
         for name in split_names:
+            if name in OPTIONAL_SPLITS and self.count(name) == 0:
+                continue
             for entry in self.split(name).shards:
                 if not self.shard_path(entry).is_file():
                     raise SelftrainError(

@@ -30,6 +30,10 @@ from selftrain.errors import SelftrainError
 
 log = logging.getLogger("selftrain.data")
 
+# The share of the labels `--val-fraction auto` holds out, when that share reaches
+# MIN_VAL_FOR_SELECTION images (1,000 labels and up).
+AUTO_VAL_FRACTION = 0.1
+
 
 def _class_dirs(root: Path, flag: str) -> list[str]:
     if not root.is_dir():
@@ -98,19 +102,29 @@ def _recording_truth(stream, root: Path, items, truth_of: dict[Path, int], truth
         yield sample
 
 
+def auto_val_fraction(n_labeled: int) -> float:
+    """AUTO_VAL_FRACTION when that many labels make a val split worth choosing by, else 0."""
+    return AUTO_VAL_FRACTION if round(n_labeled * AUTO_VAL_FRACTION) >= MIN_VAL_FOR_SELECTION else 0.0
+
+
 def import_imagefolder(
     *,
     labeled: Path,
     unlabeled: Path,
     test: Path,
     out: Path,
-    val_fraction: float = 0.1,
+    val_fraction: float | None = None,
     seed: int = 0,
     samples_per_shard: int = 1000,
     skip_corrupt: bool = False,
     unlabeled_truth: bool = False,
 ) -> DatasetInfo:
     """Shards for labeled (minus a stratified val carve-out), val, test and unlabeled images.
+
+    `val_fraction` None (auto) holds out AUTO_VAL_FRACTION of the labels only when that makes a val
+    split big enough to choose checkpoints by (MIN_VAL_FOR_SELECTION images); below that every
+    stage keeps its last weights anyway, so the labels train instead of sitting in a val split
+    that decides nothing. 0 = no val split.
 
     With `unlabeled_truth`, --unlabeled is an ImageFolder tree whose class folders are known but
     must not be trained on (a benchmark's hidden labels): they go to `unlabeled_truth.json`, which
@@ -122,8 +136,8 @@ def import_imagefolder(
         raise SelftrainError(
             f"{out / INDEX_NAME}: a data set is already there; choose another --out or delete it"
         )
-    if not 0 < val_fraction < 1:
-        raise SelftrainError(f"--val-fraction: must be between 0 and 1 (got {val_fraction})")
+    if val_fraction is not None and not 0 <= val_fraction < 1:
+        raise SelftrainError(f"--val-fraction: must be at least 0 and below 1 (got {val_fraction})")
     classes = _class_dirs(labeled, "--labeled")
     test_classes = _class_dirs(test, "--test")
     unknown = sorted(set(test_classes) - set(classes))
@@ -153,6 +167,8 @@ def import_imagefolder(
                 "folder; move it into one, or drop the flag"
             )
 
+    if val_fraction is None:
+        val_fraction = auto_val_fraction(len(labeled_items))
     # Stratified val carve-out: at least one image per class when the class has two or more.
     rng = np.random.default_rng(seed)
     train_items, val_items = [], []
@@ -161,7 +177,7 @@ def import_imagefolder(
         if not members:
             raise SelftrainError(f"--labeled {labeled / classes[c]}: class folder has no files")
         order = rng.permutation(len(members))
-        n_val = min(max(1, round(len(members) * val_fraction)), len(members) - 1)
+        n_val = min(max(1, round(len(members) * val_fraction)), len(members) - 1) if val_fraction else 0
         val_items += [members[i] for i in order[:n_val]]
         train_items += [members[i] for i in order[n_val:]]
 
@@ -199,10 +215,18 @@ def import_imagefolder(
     if collector.skipped:
         log.warning("skipped %d unreadable files (--skip-corrupt)", collector.skipped)
     n_val = splits["val"].total
-    if n_val < MIN_VAL_FOR_SELECTION:
+    if n_val == 0:
+        log.info(
+            "no val split: all %d labeled images train; stages keep their last weights and report no "
+            "val accuracy (--val-fraction %g holds a share out anyway)",
+            splits["labeled"].total,
+            AUTO_VAL_FRACTION,
+        )
+    elif n_val < MIN_VAL_FOR_SELECTION:
         log.warning(
             "val has %d images (under %d): too few to choose between checkpoints, so runs keep each "
-            "stage's last weights (selection: auto) and val accuracy is only indicative",
+            "stage's last weights (selection: auto) and val accuracy is only indicative; "
+            "--val-fraction 0 trains on these images instead",
             n_val,
             MIN_VAL_FOR_SELECTION,
         )

@@ -68,7 +68,7 @@ def test_unreadable_file_is_named_or_skipped(tree, tmp_path, capsys):
     assert not (tmp_path / "a" / "dataset.json").exists()
     assert main([*args, "--out", str(tmp_path / "b"), "--skip-corrupt"]) == 0
     ds = load_dataset(tmp_path / "b")
-    assert ds.split("labeled").total + ds.split("val").total == 12
+    assert ds.split("labeled").total == 12  # 12 labels: no val by default (auto)
 
 
 def _truth_tree(root):
@@ -125,6 +125,28 @@ def test_jpeg_photos_stay_jpeg_byte_for_byte(tree, tmp_path):
     assert rc == 0
     originals = {p.read_bytes() for p in (tree / "train").rglob("*.jpg")}
     ds = load_dataset(out)
-    stored = [raw["jpg"] for split in ("labeled", "val") for e in ds.split(split).shards
+    stored = [raw["jpg"] for e in ds.split("labeled").shards  # every label: 12 are too few for val
               for raw in iter_shard(ds.shard_path(e), e) if "jpg" in raw]
     assert len(originals) == 4 and set(stored) == originals
+
+
+def test_val_fraction_auto_holds_out_val_only_when_it_can_choose():
+    """Under 100 val images no stage chooses by val, so auto keeps every label for training."""
+    from selftrain.data.imagefolder import auto_val_fraction
+
+    assert auto_val_fraction(250) == 0.0  # 25 labels per class, 10 classes: 25 val images
+    assert auto_val_fraction(994) == 0.0
+    assert auto_val_fraction(1000) == 0.1  # 100 val images
+    assert auto_val_fraction(5000) == 0.1
+
+
+def test_val_fraction_must_be_a_share_or_auto(tree, tmp_path, capsys):
+    args = ["data", "import", "--labeled", str(tree / "train"), "--unlabeled", str(tree / "unlabeled"),
+            "--test", str(tree / "test"), "--out", str(tmp_path / "ds")]
+    with pytest.raises(SystemExit, match="2"):  # argparse's usage error
+        main([*args, "--val-fraction", "ten"])
+    assert "--val-fraction: expected a number or auto, got 'ten'" in capsys.readouterr().err
+    assert main([*args, "--val-fraction", "1"]) == 2
+    assert "--val-fraction: must be at least 0 and below 1 (got 1.0)" in capsys.readouterr().err
+    assert main([*args, "--val-fraction", "auto"]) == 0
+    assert load_dataset(tmp_path / "ds").count("val") == 0
