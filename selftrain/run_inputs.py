@@ -68,7 +68,9 @@ def check_selection(cfg: RunConfig, dataset: Dataset) -> None:
     Without this a run on a data set imported with `--val-fraction 0` would train its teacher and
     only then stop at the stage that chooses by val.
     """
-    fields = _selection_fields(cfg, "") if not dataset.count("val") else []
+    if dataset.count("val"):
+        return
+    fields = _selection_fields(cfg, "")
     if fields:
         raise no_val_to_choose_by(fields[0], dataset)
 
