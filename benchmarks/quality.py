@@ -15,9 +15,15 @@ rest unlabeled with report-only truth) and imported with `selftrain data import`
 photos take. `minutes` is the wall time of one run (NS: teacher + 3 iterations; MPL: teacher +
 joint training + finetune), on whatever machine this runs.
 
+The control ("NS without pseudo-labels", skipped with --no-control) is the same Noisy Student run
+with `student.pseudo_loss_weight=0`: the same students, steps, noise and labeled batches, only the
+pseudo-label loss switched off. Students see the labels for more steps than the teacher did, so
+part of NS's gain over the teacher is that alone; NS minus the control is what the unlabeled
+photos add, which is the number a user deciding whether to collect them wants.
+
 JSON: {"<data set>": {"<method>": {"test_accuracy_mean", "test_accuracy_std", "minutes",
-"test_accuracy": [per seed], ...}, ...}, "config": {...}}; NS also lists `per_iteration_mean` and
-`seeds_rising_every_iteration`.
+"test_accuracy": [per seed], ...}, ...}, "config": {...}}; NS also lists `per_iteration_mean`,
+`seeds_rising_every_iteration` and, with the control, `pseudo_label_gain_points_mean`.
 """
 
 from __future__ import annotations
@@ -39,7 +45,10 @@ sys.path[0] = str(ROOT)  # the repository, not benchmarks/, first
 from selftrain.data.arrays import load_npz_images, write_imagefolder  # noqa: E402
 
 DEV_PHOTOS = ROOT.parent / "shared" / "data" / "cifar10-dev-2796.npz"
-METHODS = ("supervised", "noisy_student", "mpl")
+METHODS = ("supervised", "noisy_student", "no_pseudo_labels", "mpl")
+CONTROL = "student.pseudo_loss_weight=0"
+MINUTES = {"supervised": "ns_minutes", "noisy_student": "ns_minutes", "no_pseudo_labels": "control_minutes",
+           "mpl": "mpl_minutes"}  # fmt: skip
 
 
 # The console script of the interpreter running this file (the venv's), as a user would call it.
@@ -75,17 +84,33 @@ def build_photos(source: Path, work: Path, labels_per_class: int, log: Path) -> 
     return out
 
 
-def run_seed(data: Path, work: Path, seed: int, iterations: int, extra: list[str], log: Path) -> dict:
+def _ns_rows(run: Path) -> list[dict]:
+    return [r for r in _json("report", "--run-dir", str(run), "--json")["iterations"] if r["state"] == "done"]
+
+
+def run_seed(
+    data: Path, work: Path, seed: int, iterations: int, extra: list[str], log: Path, control: bool = True
+) -> dict:
     sets = [a for s in [f"seed={seed}", *extra] for a in ("--set", s)]
     ns, mpl = work / f"ns-seed{seed}", work / f"mpl-seed{seed}"
     started = time.perf_counter()
     _selftrain("run", "noisy-student", "--data", str(data), "--run-dir", str(ns),
                "--iterations", str(iterations), *sets, log=log)  # fmt: skip
     ns_minutes = (time.perf_counter() - started) / 60
+    out: dict = {}
+    if control:
+        nopl = work / f"ns-no-pseudo-labels-seed{seed}"
+        started = time.perf_counter()
+        _selftrain("run", "noisy-student", "--data", str(data), "--run-dir", str(nopl),
+                   "--iterations", str(iterations), *sets, "--set", CONTROL, log=log)  # fmt: skip
+        control_rows = _ns_rows(nopl)
+        out = {"no_pseudo_labels": control_rows[-1]["test_accuracy"],
+               "no_pseudo_labels_per_iteration": [r["test_accuracy"] for r in control_rows],
+               "control_minutes": (time.perf_counter() - started) / 60}  # fmt: skip
     started = time.perf_counter()
     _selftrain("run", "meta-pseudo-labels", "--data", str(data), "--run-dir", str(mpl), *sets, log=log)
     mpl_minutes = (time.perf_counter() - started) / 60
-    rows = [r for r in _json("report", "--run-dir", str(ns), "--json")["iterations"] if r["state"] == "done"]
+    rows = _ns_rows(ns)
     mpl_rows = {r["role"]: r for r in _json("status", "--run-dir", str(mpl), "--json")["iterations"]}
     return {
         "seed": seed,
@@ -99,7 +124,12 @@ def run_seed(data: Path, work: Path, seed: int, iterations: int, extra: list[str
         "mpl_teacher_supervised": mpl_rows.get("teacher", {}).get("test_accuracy"),
         "ns_minutes": ns_minutes,
         "mpl_minutes": mpl_minutes,
+        **out,
     }
+
+
+def _methods(runs: list[dict]) -> list[str]:
+    return [m for m in METHODS if all(m in r for r in runs)]
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -107,9 +137,9 @@ def summarize(runs: list[dict]) -> dict:
         return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
     out: dict = {}
-    for method in METHODS:
+    for method in _methods(runs):
         mean, std = stats([r[method] for r in runs])
-        minutes = statistics.fmean(r["mpl_minutes" if method == "mpl" else "ns_minutes"] for r in runs)
+        minutes = statistics.fmean(r[MINUTES[method]] for r in runs)
         out[method] = {
             "test_accuracy_mean": round(mean, 4),
             "test_accuracy_std": round(std, 4),
@@ -119,28 +149,37 @@ def summarize(runs: list[dict]) -> dict:
     out["supervised"]["minutes"] = None  # part of the Noisy Student run (its iteration 0)
     per_iter = list(zip(*[r["per_iteration"] for r in runs], strict=True))
     out["noisy_student"]["per_iteration_mean"] = [round(statistics.fmean(v), 4) for v in per_iter]
-    out["noisy_student"]["gain_points_mean"] = round(
-        (out["noisy_student"]["test_accuracy_mean"] - out["supervised"]["test_accuracy_mean"]) * 100, 2
-    )
     # The issue's bar is a student better than its teacher at every iteration, in every seed.
     out["noisy_student"]["seeds_rising_every_iteration"] = sum(
         all(b > a for a, b in itertools.pairwise(r["per_iteration"])) for r in runs
     )
-    out["mpl"]["gain_points_mean"] = round(
-        (out["mpl"]["test_accuracy_mean"] - out["supervised"]["test_accuracy_mean"]) * 100, 2
-    )
+
+    def points_over(method: str, base: str) -> float:
+        return round((out[method]["test_accuracy_mean"] - out[base]["test_accuracy_mean"]) * 100, 2)
+
+    for method in ("noisy_student", "no_pseudo_labels", "mpl"):
+        if method in out:
+            out[method]["gain_points_mean"] = points_over(method, "supervised")
+    if "no_pseudo_labels" in out:
+        # What the unlabeled images add beyond the students' extra training on the labels.
+        out["noisy_student"]["pseudo_label_gain_points_mean"] = points_over(
+            "noisy_student", "no_pseudo_labels"
+        )
     out["runs"] = runs
     return out
 
 
 def print_table(results: dict) -> None:
     print(f"{'data set':<10} {'method':<24} {'test accuracy':>18} {'minutes/run':>12}")
-    names = {"supervised": "supervised (teacher)", "noisy_student": "Noisy Student (iter 3)",
+    names = {"supervised": "supervised (teacher)", "no_pseudo_labels": "NS without pseudo-labels",
              "mpl": "Meta Pseudo Labels"}  # fmt: skip
     for data, methods in results.items():
         if data == "config":
             continue
-        for m in METHODS:
+        names["noisy_student"] = (
+            f"Noisy Student (iter {len(methods['noisy_student']['per_iteration_mean']) - 1})"
+        )
+        for m in (m for m in METHODS if m in methods):
             r = methods[m]
             acc = f"{r['test_accuracy_mean'] * 100:.2f} ± {r['test_accuracy_std'] * 100:.2f}%"
             minutes = "-" if r["minutes"] is None else f"{r['minutes']:.1f}"
@@ -150,6 +189,9 @@ def print_table(results: dict) -> None:
         rising = methods["noisy_student"]["seeds_rising_every_iteration"]
         print(f"{data:<10} {'NS per iteration (mean)':<24} {per_iter}  (rising every iteration in "
               f"{rising} of {len(methods['runs'])} seeds)")  # fmt: skip
+        if "pseudo_label_gain_points_mean" in methods["noisy_student"]:
+            print(f"{data:<10} {'pseudo-labels add':<24} "
+                  f"{methods['noisy_student']['pseudo_label_gain_points_mean']:+.2f} points (NS minus the control)")  # fmt: skip
 
 
 def main() -> int:
@@ -162,6 +204,8 @@ def main() -> int:
     p.add_argument("--labels-per-class", type=int, default=25, help="photos from an .npz (default 25)")
     p.add_argument("--iterations", type=int, default=3, help="Noisy Student iterations (default 3)")
     p.add_argument("--set", dest="extra", action="append", default=[], help="extra config override")
+    p.add_argument("--no-control", action="store_true",
+                   help="skip the run without pseudo-labels (a third less time; no 'what pseudo-labels add')")  # fmt: skip
     p.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temp folder)")
     args = p.parse_args()
     if args.seeds < 1 or args.first_seed < 0:
@@ -172,7 +216,8 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     log = work / "quality.log"
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    results: dict = {"config": {"seeds": list(seeds), "iterations": args.iterations, "overrides": args.extra}}
+    results: dict = {"config": {"seeds": list(seeds), "iterations": args.iterations, "overrides": args.extra,
+                                "control": None if args.no_control else CONTROL}}  # fmt: skip
     sets: list[tuple[str, Path]] = []
     if args.only in (None, "digits"):
         digits = work / "digits"
@@ -187,7 +232,9 @@ def main() -> int:
     for name, data in sets:
         runs = []
         for seed in seeds:
-            runs.append(run_seed(data, work / name, seed, args.iterations, args.extra, log))
+            runs.append(
+                run_seed(data, work / name, seed, args.iterations, args.extra, log, not args.no_control)
+            )
             print(f"quality: {name} seed {seed}: {json.dumps(runs[-1])}", file=sys.stderr, flush=True)
         results[name] = summarize(runs)
     print(json.dumps(results, indent=1) if args.json else "", end="\n" if args.json else "")

@@ -30,3 +30,27 @@ def test_summary_gives_mean_spread_gain_and_how_many_seeds_rose_every_iteration(
     assert (
         "47.50 ± 0.71%" in table and "(+6.50)" in table and "rising every iteration in 1 of 2 seeds" in table
     )
+
+
+def test_control_row_says_what_pseudo_labels_add_beyond_more_training_on_the_labels(capsys):
+    quality = load_benchmark("quality")
+    runs = [_run(0, [0.40, 0.44, 0.46, 0.48], 0.45), _run(1, [0.42, 0.46, 0.45, 0.47], 0.43)]
+    runs[0] |= {"no_pseudo_labels": 0.44, "control_minutes": 9.0}
+    runs[1] |= {"no_pseudo_labels": 0.45, "control_minutes": 11.0}
+    out = quality.summarize(runs)
+    assert out["no_pseudo_labels"]["test_accuracy_mean"] == pytest.approx(0.445)
+    assert out["no_pseudo_labels"]["gain_points_mean"] == pytest.approx(3.5)  # over the teacher
+    assert out["no_pseudo_labels"]["minutes"] == pytest.approx(10.0)  # its own runs, not NS's
+    assert out["noisy_student"]["pseudo_label_gain_points_mean"] == pytest.approx(3.0)  # 47.5 - 44.5
+    quality.print_table({"photos": out})
+    table = capsys.readouterr().out
+    assert "NS without pseudo-labels" in table and "44.50 ± 0.71%" in table
+    assert "pseudo-labels add" in table and "+3.00 points" in table
+
+
+def test_summary_without_the_control_has_no_control_row(capsys):
+    quality = load_benchmark("quality")
+    out = quality.summarize([_run(0, [0.40, 0.48], 0.45)])
+    assert "no_pseudo_labels" not in out and "pseudo_label_gain_points_mean" not in out["noisy_student"]
+    quality.print_table({"photos": out})
+    assert "pseudo-labels add" not in capsys.readouterr().out
