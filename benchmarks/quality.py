@@ -137,8 +137,10 @@ def summarize(runs: list[dict]) -> dict:
         return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
     out: dict = {}
+    means: dict[str, float] = {}  # unrounded, so gains are not differences of rounded means
     for method in _methods(runs):
         mean, std = stats([r[method] for r in runs])
+        means[method] = mean
         minutes = statistics.fmean(r[MINUTES[method]] for r in runs)
         out[method] = {
             "test_accuracy_mean": round(mean, 4),
@@ -155,7 +157,7 @@ def summarize(runs: list[dict]) -> dict:
     )
 
     def points_over(method: str, base: str) -> float:
-        return round((out[method]["test_accuracy_mean"] - out[base]["test_accuracy_mean"]) * 100, 2)
+        return round((means[method] - means[base]) * 100, 2)
 
     for method in ("noisy_student", "no_pseudo_labels", "mpl"):
         if method in out:
