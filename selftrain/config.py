@@ -244,6 +244,13 @@ class MPLConfig(_Strict):
     baseline_decay: float = Field(
         0.9, ge=0, lt=1, description="Moving-average baseline of the reward; 0 = none."
     )
+    feedback_weight: float = Field(
+        1.0,
+        ge=0,
+        description="Weight of the teacher's MPL term (learning from the student's feedback). 0 is a control: "
+        "the teacher learns from its labels and UDA only and the student from its labels, so the run "
+        "shows what the meta signal adds.",
+    )
     uda_weight: float = Field(
         1.0, ge=0, description="Weight of the teacher's UDA consistency loss after warm-up."
     )

@@ -180,7 +180,7 @@ def train_mpl(
             if ema is not None:
                 ema.update(student)
             reward = baseline.reward(h)
-        t_mpl = mpl_teacher_loss(t_pl, y_hat, reward)
+        t_mpl = mpl_teacher_loss(t_pl, y_hat, reward * mc.feedback_weight)
         t_loss = t_sup + w_uda * t_uda + t_mpl
         t_opt.zero_grad(set_to_none=True)
         t_loss.backward()

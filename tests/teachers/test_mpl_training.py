@@ -151,6 +151,32 @@ def test_pseudo_label_view_decides_what_the_student_learns(mpl_run, tmp_path):
     assert any(not torch.equal(strong[k], weak[k]) for k in strong)
 
 
+def test_feedback_weight_zero_is_a_control_without_the_meta_signal(mpl_run, tmp_path):
+    """`mpl.feedback_weight=0`: the teacher learns nothing from the student, so it ends exactly as
+    in a run whose student never steps; at the default weight the student's feedback moves it."""
+    from teachers.mpl_training import STUDENT_IT, TEACHER_IT, train_mpl
+
+    def teacher_after(name: str, **update) -> dict[str, torch.Tensor]:
+        run = tmp_path / name
+        shutil.copytree(mpl_run, run)
+        store = RunStore(run)
+        for it in (TEACHER_IT, STUDENT_IT):
+            store.mark_stage(it, "train", "interrupted")
+        shutil.rmtree(store.iter_dir(STUDENT_IT) / "checkpoints", ignore_errors=True)
+        cfg = store.config()
+        mpl = cfg.mpl.model_copy(update={"steps": 6, "student_wait_steps": 0, **update})
+        train_mpl(
+            store, load_dataset(store.data_dir()), cfg.model_copy(update={"mpl": mpl}), torch.device("cpu")
+        )
+        return store.load_weights(TEACHER_IT)[0]
+
+    control = teacher_after("control", feedback_weight=0.0)
+    no_student = teacher_after("no-student", feedback_weight=1.0, student_wait_steps=6)
+    mpl = teacher_after("mpl", feedback_weight=1.0)
+    assert [k for k in control if not torch.equal(control[k], no_student[k])] == []
+    assert any(not torch.equal(control[k], mpl[k]) for k in control)
+
+
 @pytest.mark.integration
 def test_killed_mpl_run_resumes_to_the_same_result(digits_master, tmp_path, prefect_api):
     run = tmp_path / "run"
