@@ -21,9 +21,15 @@ pseudo-label loss switched off. Students see the labels for more steps than the 
 part of NS's gain over the teacher is that alone; NS minus the control is what the unlabeled
 photos add, which is the number a user deciding whether to collect them wants.
 
+The MPL control (`--mpl-control`, off by default: it adds an MPL run per seed) is the same MPL run
+with `mpl.feedback_weight=0`: the teacher learns from its labels and UDA only, never from the
+student's feedback, and the student, its labels and its finetune are otherwise the same. MPL minus
+it ("feedback adds") is what the meta signal itself is worth on the data set.
+
 JSON: {"<data set>": {"<method>": {"test_accuracy_mean", "test_accuracy_std", "minutes",
 "test_accuracy": [per seed], ...}, ...}, "config": {...}}; NS also lists `per_iteration_mean`,
-`seeds_rising_every_iteration` and, with the control, `pseudo_label_gain_points_mean`.
+`seeds_rising_every_iteration` and, with the control, `pseudo_label_gain_points_mean`; with
+`--mpl-control`, `mpl_no_feedback` and `mpl.feedback_gain_points_mean`.
 """
 
 from __future__ import annotations
@@ -45,10 +51,11 @@ sys.path[0] = str(ROOT)  # the repository, not benchmarks/, first
 from selftrain.data.arrays import load_npz_images, write_imagefolder  # noqa: E402
 
 DEV_PHOTOS = ROOT.parent / "shared" / "data" / "cifar10-dev-2796.npz"
-METHODS = ("supervised", "noisy_student", "no_pseudo_labels", "mpl")
+METHODS = ("supervised", "noisy_student", "no_pseudo_labels", "mpl", "mpl_no_feedback")
 CONTROL = "student.pseudo_loss_weight=0"
+MPL_CONTROL = "mpl.feedback_weight=0"
 MINUTES = {"supervised": "ns_minutes", "noisy_student": "ns_minutes", "no_pseudo_labels": "control_minutes",
-           "mpl": "mpl_minutes"}  # fmt: skip
+           "mpl": "mpl_minutes", "mpl_no_feedback": "mpl_control_minutes"}  # fmt: skip
 
 
 # The console script of the interpreter running this file (the venv's), as a user would call it.
@@ -89,7 +96,14 @@ def _ns_rows(run: Path) -> list[dict]:
 
 
 def run_seed(
-    data: Path, work: Path, seed: int, iterations: int, extra: list[str], log: Path, control: bool = True
+    data: Path,
+    work: Path,
+    seed: int,
+    iterations: int,
+    extra: list[str],
+    log: Path,
+    control: bool = True,
+    mpl_control: bool = False,
 ) -> dict:
     sets = [a for s in [f"seed={seed}", *extra] for a in ("--set", s)]
     ns, mpl = work / f"ns-seed{seed}", work / f"mpl-seed{seed}"
@@ -110,6 +124,15 @@ def run_seed(
     started = time.perf_counter()
     _selftrain("run", "meta-pseudo-labels", "--data", str(data), "--run-dir", str(mpl), *sets, log=log)
     mpl_minutes = (time.perf_counter() - started) / 60
+    if mpl_control:
+        nofb = work / f"mpl-no-feedback-seed{seed}"
+        started = time.perf_counter()
+        _selftrain("run", "meta-pseudo-labels", "--data", str(data), "--run-dir", str(nofb), *sets,
+                   "--set", MPL_CONTROL, log=log)  # fmt: skip
+        nofb_rows = {r["role"]: r for r in _json("status", "--run-dir", str(nofb), "--json")["iterations"]}
+        out |= {"mpl_no_feedback": nofb_rows["mpl-finetuned"]["test_accuracy"],
+                "mpl_no_feedback_teacher": nofb_rows["mpl-teacher"]["test_accuracy"],
+                "mpl_control_minutes": (time.perf_counter() - started) / 60}  # fmt: skip
     rows = _ns_rows(ns)
     mpl_rows = {r["role"]: r for r in _json("status", "--run-dir", str(mpl), "--json")["iterations"]}
     return {
@@ -121,6 +144,7 @@ def run_seed(
         "params": [r["params"] for r in rows],
         "mpl": mpl_rows["mpl-finetuned"]["test_accuracy"],
         "mpl_student": mpl_rows["mpl-student"]["test_accuracy"],
+        "mpl_teacher": mpl_rows["mpl-teacher"]["test_accuracy"],
         "mpl_teacher_supervised": mpl_rows.get("teacher", {}).get("test_accuracy"),
         "ns_minutes": ns_minutes,
         "mpl_minutes": mpl_minutes,
@@ -159,7 +183,7 @@ def summarize(runs: list[dict]) -> dict:
     def points_over(method: str, base: str) -> float:
         return round((means[method] - means[base]) * 100, 2)
 
-    for method in ("noisy_student", "no_pseudo_labels", "mpl"):
+    for method in ("noisy_student", "no_pseudo_labels", "mpl", "mpl_no_feedback"):
         if method in out:
             out[method]["gain_points_mean"] = points_over(method, "supervised")
     if "no_pseudo_labels" in out:
@@ -167,6 +191,8 @@ def summarize(runs: list[dict]) -> dict:
         out["noisy_student"]["pseudo_label_gain_points_mean"] = points_over(
             "noisy_student", "no_pseudo_labels"
         )
+    if "mpl_no_feedback" in out:  # what the teacher's learning from the student's feedback adds
+        out["mpl"]["feedback_gain_points_mean"] = points_over("mpl", "mpl_no_feedback")
     out["runs"] = runs
     return out
 
@@ -174,7 +200,7 @@ def summarize(runs: list[dict]) -> dict:
 def print_table(results: dict) -> None:
     print(f"{'data set':<10} {'method':<24} {'test accuracy':>18} {'minutes/run':>12}")
     names = {"supervised": "supervised (teacher)", "no_pseudo_labels": "NS without pseudo-labels",
-             "mpl": "Meta Pseudo Labels"}  # fmt: skip
+             "mpl": "Meta Pseudo Labels", "mpl_no_feedback": "MPL without feedback"}  # fmt: skip
     for data, methods in results.items():
         if data == "config":
             continue
@@ -194,6 +220,9 @@ def print_table(results: dict) -> None:
         if "pseudo_label_gain_points_mean" in methods["noisy_student"]:
             print(f"{data:<10} {'pseudo-labels add':<24} "
                   f"{methods['noisy_student']['pseudo_label_gain_points_mean']:+.2f} points (NS minus the control)")  # fmt: skip
+        if "feedback_gain_points_mean" in methods["mpl"]:
+            print(f"{data:<10} {'MPL feedback adds':<24} "
+                  f"{methods['mpl']['feedback_gain_points_mean']:+.2f} points (MPL minus its control)")  # fmt: skip
 
 
 def main() -> int:
@@ -208,6 +237,8 @@ def main() -> int:
     p.add_argument("--set", dest="extra", action="append", default=[], help="extra config override")
     p.add_argument("--no-control", action="store_true",
                    help="skip the run without pseudo-labels (a third less time; no 'what pseudo-labels add')")  # fmt: skip
+    p.add_argument("--mpl-control", action="store_true",
+                   help="also run MPL with mpl.feedback_weight=0 (one more MPL run a seed): what the meta signal adds")  # fmt: skip
     p.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temp folder)")
     args = p.parse_args()
     if args.seeds < 1 or args.first_seed < 0:
@@ -219,7 +250,8 @@ def main() -> int:
     log = work / "quality.log"
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     results: dict = {"config": {"seeds": list(seeds), "iterations": args.iterations, "overrides": args.extra,
-                                "control": None if args.no_control else CONTROL}}  # fmt: skip
+                                "control": None if args.no_control else CONTROL,
+                                "mpl_control": MPL_CONTROL if args.mpl_control else None}}  # fmt: skip
     sets: list[tuple[str, Path]] = []
     if args.only in (None, "digits"):
         digits = work / "digits"
@@ -234,8 +266,9 @@ def main() -> int:
     for name, data in sets:
         runs = []
         for seed in seeds:
+            control = not args.no_control
             runs.append(
-                run_seed(data, work / name, seed, args.iterations, args.extra, log, not args.no_control)
+                run_seed(data, work / name, seed, args.iterations, args.extra, log, control, args.mpl_control)
             )
             print(f"quality: {name} seed {seed}: {json.dumps(runs[-1])}", file=sys.stderr, flush=True)
         results[name] = summarize(runs)

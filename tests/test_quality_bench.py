@@ -48,9 +48,25 @@ def test_control_row_says_what_pseudo_labels_add_beyond_more_training_on_the_lab
     assert "pseudo-labels add" in table and "+3.00 points" in table
 
 
+def test_mpl_control_row_says_what_the_teachers_feedback_adds(capsys):
+    quality = load_benchmark("quality")
+    runs = [_run(0, [0.40, 0.44, 0.46, 0.48], 0.45), _run(1, [0.42, 0.46, 0.45, 0.47], 0.43)]
+    runs[0] |= {"mpl_no_feedback": 0.46, "mpl_control_minutes": 4.0}
+    runs[1] |= {"mpl_no_feedback": 0.44, "mpl_control_minutes": 6.0}
+    out = quality.summarize(runs)
+    assert out["mpl_no_feedback"]["test_accuracy_mean"] == pytest.approx(0.45)
+    assert out["mpl_no_feedback"]["minutes"] == pytest.approx(5.0)
+    assert out["mpl"]["feedback_gain_points_mean"] == pytest.approx(-1.0)  # 44.0 - 45.0: it cost a point
+    quality.print_table({"photos": out})
+    table = capsys.readouterr().out
+    assert "MPL without feedback" in table and "45.00 ± 1.41%" in table
+    assert "MPL feedback adds" in table and "-1.00 points" in table
+
+
 def test_summary_without_the_control_has_no_control_row(capsys):
     quality = load_benchmark("quality")
     out = quality.summarize([_run(0, [0.40, 0.48], 0.45)])
     assert "no_pseudo_labels" not in out and "pseudo_label_gain_points_mean" not in out["noisy_student"]
     quality.print_table({"photos": out})
-    assert "pseudo-labels add" not in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "pseudo-labels add" not in table and "MPL feedback adds" not in table
