@@ -12,10 +12,17 @@ def _run(seed: int, per_iteration: list[float], mpl: float) -> dict:
             "per_iteration": per_iteration, "mpl": mpl, "ns_minutes": 10.0 + seed, "mpl_minutes": 5.0}  # fmt: skip
 
 
+def _two_seeds(seed0: dict | None = None, seed1: dict | None = None) -> list[dict]:
+    """Two seeds' runs (NS ends 48 and 47%, MPL 45 and 43%), with extra keys per seed."""
+    return [
+        _run(0, [0.40, 0.44, 0.46, 0.48], 0.45) | (seed0 or {}),
+        _run(1, [0.42, 0.46, 0.45, 0.47], 0.43) | (seed1 or {}),
+    ]
+
+
 def test_summary_gives_mean_spread_gain_and_how_many_seeds_rose_every_iteration(capsys):
     quality = load_benchmark("quality")
-    runs = [_run(0, [0.40, 0.44, 0.46, 0.48], 0.45), _run(1, [0.42, 0.46, 0.45, 0.47], 0.43)]
-    out = quality.summarize(runs)
+    out = quality.summarize(_two_seeds())
     ns = out["noisy_student"]
     assert ns["test_accuracy_mean"] == pytest.approx(0.475)
     assert ns["test_accuracy_std"] == pytest.approx(0.0071, abs=1e-4)
@@ -34,10 +41,12 @@ def test_summary_gives_mean_spread_gain_and_how_many_seeds_rose_every_iteration(
 
 def test_control_row_says_what_pseudo_labels_add_beyond_more_training_on_the_labels(capsys):
     quality = load_benchmark("quality")
-    runs = [_run(0, [0.40, 0.44, 0.46, 0.48], 0.45), _run(1, [0.42, 0.46, 0.45, 0.47], 0.43)]
-    runs[0] |= {"no_pseudo_labels": 0.44, "control_minutes": 9.0}
-    runs[1] |= {"no_pseudo_labels": 0.45, "control_minutes": 11.0}
-    out = quality.summarize(runs)
+    out = quality.summarize(
+        _two_seeds(
+            {"no_pseudo_labels": 0.44, "control_minutes": 9.0},
+            {"no_pseudo_labels": 0.45, "control_minutes": 11.0},
+        )
+    )
     assert out["no_pseudo_labels"]["test_accuracy_mean"] == pytest.approx(0.445)
     assert out["no_pseudo_labels"]["gain_points_mean"] == pytest.approx(3.5)  # over the teacher
     assert out["no_pseudo_labels"]["minutes"] == pytest.approx(10.0)  # its own runs, not NS's
@@ -50,10 +59,12 @@ def test_control_row_says_what_pseudo_labels_add_beyond_more_training_on_the_lab
 
 def test_mpl_control_row_says_what_the_teachers_feedback_adds(capsys):
     quality = load_benchmark("quality")
-    runs = [_run(0, [0.40, 0.44, 0.46, 0.48], 0.45), _run(1, [0.42, 0.46, 0.45, 0.47], 0.43)]
-    runs[0] |= {"mpl_no_feedback": 0.46, "mpl_control_minutes": 4.0}
-    runs[1] |= {"mpl_no_feedback": 0.44, "mpl_control_minutes": 6.0}
-    out = quality.summarize(runs)
+    out = quality.summarize(
+        _two_seeds(
+            {"mpl_no_feedback": 0.46, "mpl_control_minutes": 4.0},
+            {"mpl_no_feedback": 0.44, "mpl_control_minutes": 6.0},
+        )
+    )
     assert out["mpl_no_feedback"]["test_accuracy_mean"] == pytest.approx(0.45)
     assert out["mpl_no_feedback"]["minutes"] == pytest.approx(5.0)
     assert out["mpl"]["feedback_gain_points_mean"] == pytest.approx(-1.0)  # 44.0 - 45.0: it cost a point
