@@ -95,6 +95,11 @@ def _ns_rows(run: Path) -> list[dict]:
     return [r for r in _json("report", "--run-dir", str(run), "--json")["iterations"] if r["state"] == "done"]
 
 
+def _rows_by_role(run: Path) -> dict[str, dict]:
+    """An MPL run's status rows by role (teacher, mpl-teacher, mpl-student, mpl-finetuned)."""
+    return {r["role"]: r for r in _json("status", "--run-dir", str(run), "--json")["iterations"]}
+
+
 def run_seed(
     data: Path,
     work: Path,
@@ -129,12 +134,12 @@ def run_seed(
         started = time.perf_counter()
         _selftrain("run", "meta-pseudo-labels", "--data", str(data), "--run-dir", str(nofb), *sets,
                    "--set", MPL_CONTROL, log=log)  # fmt: skip
-        nofb_rows = {r["role"]: r for r in _json("status", "--run-dir", str(nofb), "--json")["iterations"]}
+        nofb_rows = _rows_by_role(nofb)
         out |= {"mpl_no_feedback": nofb_rows["mpl-finetuned"]["test_accuracy"],
                 "mpl_no_feedback_teacher": nofb_rows["mpl-teacher"]["test_accuracy"],
                 "mpl_control_minutes": (time.perf_counter() - started) / 60}  # fmt: skip
     rows = _ns_rows(ns)
-    mpl_rows = {r["role"]: r for r in _json("status", "--run-dir", str(mpl), "--json")["iterations"]}
+    mpl_rows = _rows_by_role(mpl)
     return {
         "seed": seed,
         "supervised": rows[0]["test_accuracy"],
@@ -263,10 +268,10 @@ def main() -> int:
             sets.append(("photos", build_photos(args.data, work, args.labels_per_class, log)))
         else:
             print(f"quality: {args.data} not found; photos skipped", file=sys.stderr)
+    control = not args.no_control
     for name, data in sets:
         runs = []
         for seed in seeds:
-            control = not args.no_control
             runs.append(
                 run_seed(data, work / name, seed, args.iterations, args.extra, log, control, args.mpl_control)
             )

@@ -248,8 +248,8 @@ class MPLConfig(_Strict):
         1.0,
         ge=0,
         description="Weight of the teacher's MPL term (learning from the student's feedback). 0 is a control: "
-        "the teacher learns from its labels and UDA only and the student from its labels, so the run "
-        "shows what the meta signal adds.",
+        "the teacher learns from its labels and UDA only, everything else unchanged, so the run shows "
+        "what the meta signal adds.",
     )
     uda_weight: float = Field(
         1.0, ge=0, description="Weight of the teacher's UDA consistency loss after warm-up."
