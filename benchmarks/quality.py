@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/quality.py --first-seed 3 --seeds 2 --keep DIR  # seeds 3 and 4 only
     .venv/bin/python benchmarks/quality.py --data ../shared/data/cifar10-dev-2796.npz --only photos
     .venv/bin/python benchmarks/quality.py --data DATASET_DIR    # an imported data set instead
+    .venv/bin/python benchmarks/quality.py --merge A.json B.json # one table from earlier --json runs
 
 Each method runs as a user runs it: `selftrain run noisy-student --iterations 3` (its iteration 0
 is the supervised teacher, the baseline) and `selftrain run meta-pseudo-labels` (finetuned
@@ -30,6 +31,11 @@ JSON: {"<data set>": {"<method>": {"test_accuracy_mean", "test_accuracy_std", "m
 "test_accuracy": [per seed], ...}, ...}, "config": {...}}; NS also lists `per_iteration_mean`,
 `seeds_rising_every_iteration` and, with the control, `pseudo_label_gain_points_mean`; with
 `--mpl-control`, `mpl_no_feedback` and `mpl.feedback_gain_points_mean`.
+
+`--merge` trains nothing: it pools the per-seed runs of earlier `--json` outputs (say seeds 0-2
+one day, 3-4 the next, within a CPU's time window) into one summary, as if one invocation had run
+every seed. It refuses outputs whose iterations or overrides differ, or that repeat a seed; that
+they came from the same code and data is for the caller to know (`--keep` the work folder).
 """
 
 from __future__ import annotations
@@ -202,6 +208,43 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
+def merge_results(outputs: list[dict]) -> dict:
+    """Pool earlier invocations' per-seed runs, data set by data set, and summarize them afresh.
+
+    Raises ValueError, naming the field, when the outputs cannot be pooled.
+    """
+    if not outputs:
+        raise ValueError("nothing to merge")
+    config = dict(outputs[0]["config"])
+    for other in outputs[1:]:
+        for key in ("iterations", "overrides"):
+            if other["config"].get(key) != config.get(key):
+                raise ValueError(
+                    f"config.{key} differs ({config.get(key)!r} vs {other['config'].get(key)!r}): "
+                    "runs of different settings cannot be pooled"
+                )
+    seeds = [s for o in outputs for s in o["config"]["seeds"]]
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(
+            f"config.seeds: seed(s) {repeated} appear in more than one output; merge each seed once"
+        )
+    # A control counts only if every output ran it: a summary's methods are those all runs have.
+    for key in ("control", "mpl_control"):
+        config[key] = config.get(key) if all(o["config"].get(key) for o in outputs) else None
+    config["seeds"] = sorted(seeds)
+    merged: dict = {"config": config}
+    names = list(dict.fromkeys(n for o in outputs for n in o if n != "config"))  # in order, each once
+    for name in names:
+        if not all(name in o for o in outputs):
+            raise ValueError(
+                f"data set {name!r} is missing from some outputs: merge outputs of the same --only"
+            )
+        runs = sorted((r for o in outputs for r in o[name]["runs"]), key=lambda r: r["seed"])
+        merged[name] = summarize(runs)
+    return merged
+
+
 def print_table(results: dict) -> None:
     print(f"{'data set':<10} {'method':<24} {'test accuracy':>18} {'minutes/run':>12}")
     names = {"supervised": "supervised (teacher)", "no_pseudo_labels": "NS without pseudo-labels",
@@ -230,6 +273,13 @@ def print_table(results: dict) -> None:
                   f"{methods['mpl']['feedback_gain_points_mean']:+.2f} points (MPL minus its control)")  # fmt: skip
 
 
+def _emit(results: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(results, indent=1))
+    else:
+        print_table(results)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -245,7 +295,24 @@ def main() -> int:
     p.add_argument("--mpl-control", action="store_true",
                    help="also run MPL with mpl.feedback_weight=0 (one more MPL run a seed): what the meta signal adds")  # fmt: skip
     p.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temp folder)")
+    p.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                   help="train nothing: pool the seeds of earlier --json outputs into one table")  # fmt: skip
     args = p.parse_args()
+    if args.merge:
+        outputs = []
+        for path in args.merge:
+            try:
+                outputs.append(json.loads(path.read_text()))
+            except (OSError, ValueError) as exc:
+                p.error(f"--merge: cannot read {path}: {exc} (give benchmarks/quality.py --json outputs)")
+        try:
+            results = merge_results(outputs)
+        except ValueError as exc:
+            p.error(f"--merge: {exc}")
+        except (KeyError, TypeError) as exc:
+            p.error(f"--merge: not a benchmarks/quality.py --json output ({exc!r}); give those files only")
+        _emit(results, args.json)
+        return 0
     if args.seeds < 1 or args.first_seed < 0:
         p.error("--seeds must be at least 1 and --first-seed at least 0")
 
@@ -277,9 +344,7 @@ def main() -> int:
             )
             print(f"quality: {name} seed {seed}: {json.dumps(runs[-1])}", file=sys.stderr, flush=True)
         results[name] = summarize(runs)
-    print(json.dumps(results, indent=1) if args.json else "", end="\n" if args.json else "")
-    if not args.json:
-        print_table(results)
+    _emit(results, args.json)
     print(f"quality: runs and log in {work}", file=sys.stderr)
     return 0
 

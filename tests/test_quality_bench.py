@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
-from tests.helpers import load_benchmark
+from tests.helpers import BENCHMARKS, load_benchmark
 
 
 def _run(seed: int, per_iteration: list[float], mpl: float) -> dict:
@@ -81,3 +85,57 @@ def test_summary_without_the_control_has_no_control_row(capsys):
     quality.print_table({"photos": out})
     table = capsys.readouterr().out
     assert "pseudo-labels add" not in table and "MPL feedback adds" not in table
+
+
+def _output(runs: list[dict], *, control: str | None = None, overrides: list[str] | None = None) -> dict:
+    """What `benchmarks/quality.py --json` prints for these runs of the photos."""
+    quality = load_benchmark("quality")
+    config = {"seeds": [r["seed"] for r in runs], "iterations": len(runs[0]["per_iteration"]) - 1,
+              "overrides": overrides or [], "control": control, "mpl_control": None}  # fmt: skip
+    return {"config": config, "photos": quality.summarize(runs)}
+
+
+def test_merge_pools_seeds_run_on_different_days_into_one_summary():
+    quality = load_benchmark("quality")
+    seed0, seed1 = _two_seeds({"no_pseudo_labels": 0.44, "control_minutes": 9.0})
+    merged = quality.merge_results([_output([seed1]), _output([seed0], control=quality.CONTROL)])
+    assert merged["config"]["seeds"] == [0, 1]
+    # Only one of the two outputs ran the control: a pooled control row would be one seed's figure.
+    assert merged["config"]["control"] is None and "no_pseudo_labels" not in merged["photos"]
+    expected = quality.summarize(_two_seeds())
+    for method in ("supervised", "noisy_student", "mpl"):
+        assert merged["photos"][method] == expected[method]
+    assert [r["seed"] for r in merged["photos"]["runs"]] == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("second_seed", "second_overrides", "field"),
+    [
+        (0, [], "config.seeds"),  # the same seed twice would count it double
+        (1, ["student.steps=800"], "config.overrides"),  # a different recipe is not more seeds
+    ],
+)
+def test_merge_refuses_outputs_that_cannot_be_pooled_naming_the_field(
+    tmp_path, second_seed, second_overrides, field
+):
+    runs = _two_seeds()
+    first = tmp_path / "a.json"
+    first.write_text(json.dumps(_output([runs[0]])))
+    other = tmp_path / "b.json"
+    other.write_text(json.dumps(_output([runs[second_seed]], overrides=second_overrides)))
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "quality.py"), "--merge", str(first), str(other)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert field in done.stderr.splitlines()[-1] and "Traceback" not in done.stderr
+
+
+def test_merge_of_a_file_that_is_not_a_benchmark_output_says_which_file(tmp_path):
+    bad = tmp_path / "notes.json"
+    bad.write_text("{not json")
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "quality.py"), "--merge", str(bad)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and str(bad) in done.stderr.splitlines()[-1]
