@@ -41,6 +41,7 @@ they came from the same code and data is for the caller to know (`--keep` the wo
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
 import json
 import os
@@ -224,7 +225,7 @@ def merge_results(outputs: list[dict]) -> dict:
                     "runs of different settings cannot be pooled"
                 )
     seeds = [s for o in outputs for s in o["config"]["seeds"]]
-    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    repeated = sorted(s for s, n in collections.Counter(seeds).items() if n > 1)
     if repeated:
         raise ValueError(
             f"config.seeds: seed(s) {repeated} appear in more than one output; merge each seed once"
