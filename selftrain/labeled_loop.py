@@ -7,6 +7,8 @@ other (import-linter's layers).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,6 +21,7 @@ from selftrain.data.labeled_batches import labeled_batches
 from selftrain.data.stream import SplitStream
 from selftrain.device import autocast, to_device
 from selftrain.engine import ProgressHook, TrainLoop
+from selftrain.mixing import mix_batch
 from selftrain.noise import noised_transform
 from selftrain.optim import build_optimizer, build_scheduler
 from selftrain.stage import keeps_best, val_scorer
@@ -26,12 +29,25 @@ from selftrain.transforms import train_transform
 
 
 def supervised_step(
-    model, optimizer, scheduler, batch, *, label_smoothing: float, device: torch.device
+    model,
+    optimizer,
+    scheduler,
+    batch,
+    *,
+    label_smoothing: float,
+    device: torch.device,
+    mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict:
+    """One step on a labeled batch; `mix` (Mixup/CutMix) turns it into images with soft targets."""
     x, y = to_device(batch[0], device), batch[1].to(device)
+    target = y
+    if mix is not None:
+        x, target = mix(x, y)  # smoothing is in the soft targets
     with autocast(device):
         logits = model(x)
-    loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    loss = F.cross_entropy(
+        logits.float(), target, label_smoothing=0.0 if mix is not None else label_smoothing
+    )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -73,13 +89,35 @@ def labeled_loop(
     batches, streams = labeled_batches(dataset, cfg, train, device, seed, transform, batch_field)
     trained = distributed.wrap(model, device)
     score, val_skipped = val_scorer(model, dataset, cfg, device, image_size)
+    mixes = isinstance(train, TeacherConfig) and bool(train.mixup_alpha or train.cutmix_alpha)
+
+    def step_fn(batch, step: int) -> dict:
+        mix = None
+        if mixes:  # seeded by (stage seed, step): a resumed stage mixes as the uninterrupted one
+            mix = functools.partial(
+                mix_batch,
+                seed=seed,
+                step=step,
+                mixup_alpha=train.mixup_alpha,
+                cutmix_alpha=train.cutmix_alpha,
+                num_classes=dataset.info.num_classes,
+                label_smoothing=train.label_smoothing,
+            )
+        return supervised_step(
+            trained,
+            optimizer,
+            scheduler,
+            batch,
+            label_smoothing=train.label_smoothing,
+            device=device,
+            mix=mix,
+        )
+
     loop = TrainLoop(
         modules={"model": model},
         optimizers={"model": optimizer},
         schedulers={"model": scheduler},
-        step_fn=lambda batch, step: supervised_step(
-            trained, optimizer, scheduler, batch, label_smoothing=train.label_smoothing, device=device
-        ),
+        step_fn=step_fn,
         batches=batches,
         evaluate=score,
         selected="model",

@@ -63,12 +63,19 @@ def test_status_json_schema_and_eval(digits_master, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(card["val_accuracy"])
 
 
-def test_cpu_runs_are_repeatable(digits_master, tmp_path):
-    for name in ("a", "b"):
-        assert main(_args(digits_master, tmp_path / name, QUICK_TEACHER)) == 0
-    a = load_file(tmp_path / "a" / "iter-000" / "model.safetensors")
-    b = load_file(tmp_path / "b" / "iter-000" / "model.safetensors")
-    assert all((a[k] == b[k]).all() for k in a)
+MIXING = ["teacher.mixup_alpha=0.8", "teacher.cutmix_alpha=1.0"]
+
+
+def test_cpu_runs_are_repeatable_with_and_without_mixing(digits_master, tmp_path):
+    runs = {"a": [], "b": [], "mix-a": MIXING, "mix-b": MIXING}
+    for name, extra in runs.items():
+        assert main(_args(digits_master, tmp_path / name, QUICK_TEACHER + extra)) == 0
+    w = {name: load_file(tmp_path / name / "iter-000" / "model.safetensors") for name in runs}
+    assert all((w["a"][k] == w["b"][k]).all() for k in w["a"])
+    assert all((w["mix-a"][k] == w["mix-b"][k]).all() for k in w["a"])
+    assert any(not (w["a"][k] == w["mix-a"][k]).all() for k in w["a"])  # the mixing took effect
+    config = yaml.safe_load((tmp_path / "mix-a" / "config.yaml").read_text())["teacher"]
+    assert (config["mixup_alpha"], config["cutmix_alpha"]) == (0.8, 1.0)
 
 
 RESUME = [
