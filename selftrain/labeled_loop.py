@@ -89,20 +89,18 @@ def labeled_loop(
     batches, streams = labeled_batches(dataset, cfg, train, device, seed, transform, batch_field)
     trained = distributed.wrap(model, device)
     score, val_skipped = val_scorer(model, dataset, cfg, device, image_size)
-    mixes = isinstance(train, TeacherConfig) and bool(train.mixup_alpha or train.cutmix_alpha)
+    mix = None
+    if isinstance(train, TeacherConfig) and (train.mixup_alpha or train.cutmix_alpha):
+        mix = functools.partial(
+            mix_batch,
+            seed=seed,
+            mixup_alpha=train.mixup_alpha,
+            cutmix_alpha=train.cutmix_alpha,
+            num_classes=dataset.info.num_classes,
+            label_smoothing=train.label_smoothing,
+        )
 
     def step_fn(batch, step: int) -> dict:
-        mix = None
-        if mixes:  # seeded by (stage seed, step): a resumed stage mixes as the uninterrupted one
-            mix = functools.partial(
-                mix_batch,
-                seed=seed,
-                step=step,
-                mixup_alpha=train.mixup_alpha,
-                cutmix_alpha=train.cutmix_alpha,
-                num_classes=dataset.info.num_classes,
-                label_smoothing=train.label_smoothing,
-            )
         return supervised_step(
             trained,
             optimizer,
@@ -110,7 +108,8 @@ def labeled_loop(
             batch,
             label_smoothing=train.label_smoothing,
             device=device,
-            mix=mix,
+            # drawn per (stage seed, step): a resumed stage mixes as the uninterrupted one
+            mix=None if mix is None else functools.partial(mix, step=step),
         )
 
     loop = TrainLoop(
