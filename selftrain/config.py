@@ -88,6 +88,12 @@ class TrainConfig(_Strict):
         return self
 
 
+_CUTMIX = (
+    "CutMix while training: a box of the reversed batch pasted in, area ~ Beta(alpha, alpha), "
+    "targets weighted by the pixels each image shows (0 = off)."
+)
+
+
 class TeacherConfig(TrainConfig):
     """The supervised teacher: iteration 0 of Noisy Student and the supervised baseline."""
 
@@ -110,13 +116,7 @@ class TeacherConfig(TrainConfig):
         "of the two with even odds. Off in both recipes: on the dev photos mixing (0.8 with CutMix 1.0) "
         "made a better teacher but a less confident labeler, and its students gained less (docs/results.md).",
     )
-    cutmix_alpha: float = Field(
-        0.0,
-        ge=0,
-        le=10,
-        description="CutMix while the teacher trains: a box of the reversed batch pasted in, area ~ "
-        "Beta(alpha, alpha), targets weighted by the pixels each image shows (0 = off).",
-    )
+    cutmix_alpha: float = Field(0.0, ge=0, le=10, description=_CUTMIX)
     init_weights: str | None = Field(
         None,
         description="Start the backbone from these weights: a .safetensors file or a timm/PyTorch "
@@ -197,6 +197,16 @@ class StudentConfig(TrainConfig):
     pseudo_loss_weight: float = Field(
         1.0, ge=0, description="Weight of the soft cross-entropy on pseudo-labels."
     )
+    mixup_alpha: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="Mixup on the student's batches: the labeled part and the pseudo-labeled part each "
+        "blended with its own reverse, targets (smoothed labels, pseudo-labels) alike; with "
+        "cutmix_alpha too, one of the two per step with even odds (0 = off). More input noise for the "
+        "student; the finetune stage after is never mixed.",
+    )
+    cutmix_alpha: float = Field(0.0, ge=0, le=10, description=_CUTMIX)
     finetune: StudentFinetuneConfig = Field(default_factory=StudentFinetuneConfig)
     pseudo_targets: Literal["hard", "soft"] = Field(
         "hard",

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.data.mixup import mixup_target
 from timm.utils import ModelEmaV3
 
 from pseudolabel.label_shards import pseudo_dir
@@ -43,6 +44,7 @@ from selftrain.engine import ProgressHook, TrainLoop, TrainResult
 from selftrain.errors import SelftrainError
 from selftrain.labeled_loop import labeled_loop
 from selftrain.ladder import ladder_phi, ladder_step
+from selftrain.mixing import mix_soft
 from selftrain.models import build_model, count_parameters, load_matching
 from selftrain.noise import noised_transform
 from selftrain.optim import build_optimizer, build_scheduler
@@ -83,12 +85,21 @@ def noisy_student_step(
     pseudo_weight: float,
     device: torch.device,
     ema: ModelEmaV3 | None = None,
+    mix: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict[str, float]:
+    """One step; `mix` (`selftrain.mixing.mix_soft` bound to the step) mixes each part with itself."""
     x_l, y = to_device(labeled[0], device), labeled[1].to(device)
     x_u, p = to_device(pseudo[0], device), pseudo[1].to(device)
+    if mix is not None:
+        t_l = mixup_target(y, p.shape[1], lam=1.0, smoothing=label_smoothing)
+        x_l, t_l = mix(x_l, t_l, part=0)
+        x_u, p = mix(x_u, p, part=1)
     with autocast(device):
         logits = model(torch.cat([x_l, x_u])).float()
-    loss_l = F.cross_entropy(logits[: len(x_l)], y, label_smoothing=label_smoothing)
+    if mix is None:
+        loss_l = F.cross_entropy(logits[: len(x_l)], y, label_smoothing=label_smoothing)
+    else:
+        loss_l = soft_cross_entropy(logits[: len(x_l)], t_l)
     loss_u = soft_cross_entropy(logits[len(x_l) :], p)
     loss = loss_l + pseudo_weight * loss_u
     optimizer.zero_grad(set_to_none=True)
@@ -192,6 +203,7 @@ def prepare_student(
     pseudo_batch = ratio * sc.batch_size  # global, like the labeled batch
     pseudo_per_rank = ratio * distributed.local_batch(sc.batch_size, "student.batch_size")
     copies = {k: int(v) for k, v in selection["copies"].items()}
+    mixing = sc.mixup_alpha > 0 or sc.cutmix_alpha > 0
 
     def batches(start_step: int) -> Iterator:
         labeled_it = labeled(start_step)
@@ -231,6 +243,11 @@ def prepare_student(
             label_smoothing=sc.label_smoothing,
             pseudo_weight=sc.pseudo_loss_weight,
             device=device,
+            mix=functools.partial(
+                mix_soft, seed=seed, step=step, mixup_alpha=sc.mixup_alpha, cutmix_alpha=sc.cutmix_alpha
+            )
+            if mixing
+            else None,
         )
         if ema is not None:
             ema.update(model, step=step + 1)  # the bare module: its keys match the EMA copy's

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from selftrain.mixing import mix_batch
+from selftrain.mixing import mix_batch, mix_soft
 
 
 def _batch(n=6, size=8):
@@ -66,3 +66,35 @@ def test_draws_repeat_per_step_and_leave_global_random_state_alone():
     again = [_mix(x, y, s, mixup=0.8, cutmix=1.0) for s in reversed(range(10))][::-1]
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again, strict=True))
     assert len({round(float(t[1][0].max()), 6) for t in first}) > 1  # steps draw differently
+
+
+def _soft(n=6, classes=4, seed=0):
+    return torch.softmax(torch.randn(n, classes, generator=torch.Generator().manual_seed(seed)), 1)
+
+
+@pytest.mark.parametrize("step", range(6))
+def test_soft_targets_such_as_pseudo_labels_are_mixed_with_the_share_each_image_shows(step):
+    x, _ = _batch()
+    target = _soft()
+    mixed, out = mix_soft(x, target, seed=7, step=step, part=1, mixup_alpha=0.8, cutmix_alpha=1.0)
+    # Each image i is filled with the value i: its own share is where the pixels still read i
+    # (CutMix), or the blend weight read off any pixel (Mixup).
+    own = (mixed == x).float().mean(dim=(1, 2, 3))
+    if own.max() < 1e-6:
+        own = (mixed[:, 0, 0, 0] - x.flip(0)[:, 0, 0, 0]) / (x[:, 0, 0, 0] - x.flip(0)[:, 0, 0, 0])
+    lam = float(own[0])
+    assert torch.allclose(out, lam * target + (1 - lam) * target.flip(0), atol=1e-6)
+    assert torch.allclose(out.sum(1), torch.ones(6)) and out.min() >= 0
+
+
+def test_soft_mixing_repeats_per_step_and_part_and_parts_draw_apart():
+    x, _ = _batch()
+    target = _soft()
+
+    def mix(step, part):
+        return mix_soft(x, target, seed=3, step=step, part=part, mixup_alpha=0.8, cutmix_alpha=1.0)
+
+    for step in range(5):
+        a, b = mix(step, 0), mix(step, 0)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert any(not torch.equal(mix(s, 0)[1], mix(s, 1)[1]) for s in range(5))

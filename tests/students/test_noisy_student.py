@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -170,6 +171,51 @@ def test_ratio_zero_trains_on_labeled_data_alone():
     )
     assert out["loss_pseudo"] == 0.0 and out["loss"] == pytest.approx(out["loss_labeled"])
     assert out["pseudo_samples"] == 0 and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def _step(mix=None, smoothing=0.1):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    gen = torch.Generator().manual_seed(1)
+    labeled = (torch.randn(2, 4, generator=gen), torch.tensor([0, 2]))
+    pseudo = (torch.randn(6, 4, generator=gen), torch.softmax(torch.randn(6, 3, generator=gen), 1))
+    out = noisy_student_step(
+        model, opt, sched, labeled, pseudo, label_smoothing=smoothing, pseudo_weight=1.0,
+        device=torch.device("cpu"), mix=mix,
+    )  # fmt: skip
+    return out, [p.detach().clone() for p in model.parameters()]
+
+
+def test_student_mixing_mixes_labeled_and_pseudo_parts_apart_with_smoothed_targets():
+    seen = {}
+
+    def unmixed(x, target, *, part):  # records what each part hands over, mixes nothing
+        seen[part] = (len(x), target.clone())
+        return x, target
+
+    plain, plain_weights = _step()
+    out, weights = _step(unmixed)
+    assert seen[0][0] == 2 and seen[1][0] == 6  # labeled and pseudo-labeled batches, never blended
+    assert torch.allclose(seen[0][1][0], torch.tensor([0.1 / 3 + 0.9, 0.1 / 3, 0.1 / 3]))
+    # Soft targets of smoothed one-hots are the same loss as the hard path: mixing off is unchanged.
+    assert out["loss_labeled"] == pytest.approx(plain["loss_labeled"], rel=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(plain_weights, weights, strict=True))
+
+
+def test_mixed_students_repeat_bit_for_bit_and_differ_from_unmixed(labeled_run, tmp_path):
+    from safetensors.torch import load_file
+
+    mixing = ["student.mixup_alpha=0.8", "student.cutmix_alpha=1.0"]
+    weights = {}
+    for name, extra in {"mix-a": mixing, "mix-b": mixing, "plain": []}.items():
+        run = tmp_path / name
+        shutil.copytree(labeled_run, run)
+        _train(run, *extra)
+        weights[name] = load_file(run / "iter-001" / "model.safetensors")
+    assert all(torch.equal(weights["mix-a"][k], weights["mix-b"][k]) for k in weights["plain"])
+    assert any(not torch.equal(weights["mix-a"][k], weights["plain"][k]) for k in weights["plain"])
 
 
 def test_status_json_has_noisy_student_fields(run_copy, capsys):
