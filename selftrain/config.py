@@ -204,7 +204,8 @@ class StudentConfig(TrainConfig):
         description="Mixup on the student's batches: the labeled part and the pseudo-labeled part each "
         "blended with its own reverse, targets (smoothed labels, pseudo-labels) alike; with "
         "cutmix_alpha too, one of the two per step with even odds (0 = off). More input noise for the "
-        "student; the finetune stage after is never mixed.",
+        "student; the finetune stage after is never mixed. The photo recipe mixes (0.8 with CutMix 1.0: "
+        "+0.52 points after 3 iterations over 5 seeds on the dev photos); digits do not (unmeasured there).",
     )
     cutmix_alpha: float = Field(0.0, ge=0, le=10, description=_CUTMIX)
     finetune: StudentFinetuneConfig = Field(default_factory=StudentFinetuneConfig)

@@ -59,15 +59,19 @@ def test_colour_data_gets_the_photo_recipe_and_saves_it(photos, tmp_path):
     assert cfg.recipe == "photos"
     assert cfg.teacher.augment.hflip and cfg.teacher.augment.pad_crop > 0
     assert cfg.teacher.augment.rotate_degrees == 0
+    # Photo students train on mixed batches; the teacher does not (a mixed teacher labels worse).
+    assert (cfg.student.mixup_alpha, cfg.student.cutmix_alpha) == (0.8, 1.0)
+    assert (cfg.teacher.mixup_alpha, cfg.teacher.cutmix_alpha) == (0.0, 0.0)
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["recipe"] == "photos" and saved["teacher"]["augment"]["hflip"] is True
+    assert saved["student"]["mixup_alpha"] == 0.8
     assert store.config() == cfg  # resuming reads the same values back
 
 
 def test_grayscale_data_keeps_the_digits_recipe(digits_master, tmp_path):
     cfg = RunStore(tmp_path / "run").open(digits_master, None, [])
     assert cfg.recipe == "digits" and cfg == RunConfig()
-    assert not cfg.teacher.augment.hflip
+    assert not cfg.teacher.augment.hflip and cfg.student.mixup_alpha == cfg.student.cutmix_alpha == 0
 
 
 def test_recipe_is_overridable(photos, tmp_path):
