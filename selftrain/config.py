@@ -291,6 +291,16 @@ class MPLConfig(_Strict):
     )
     randaugment_ops: int = Field(2, ge=1, le=6, description="RandAugment operations per image.")
     drop_rate: float = Field(0.2, ge=0, lt=1, description="Dropout of both models.")
+    student_mixup_alpha: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="Mixup on the student's pseudo-labeled batch (strong views blended with their reverse, "
+        "the teacher's one-hot labels alike); with student_cutmix_alpha too, one of the two per step with "
+        "even odds (0 = off). The feedback h is still measured on the unmixed labeled batch and the "
+        "teacher's MPL term on its own unmixed labels.",
+    )
+    student_cutmix_alpha: float = Field(0.0, ge=0, le=10, description=_CUTMIX)
     ema_decay: float = Field(
         0.99, ge=0, lt=1, description="Weight EMA of the student (evaluated copy); 0 = off."
     )

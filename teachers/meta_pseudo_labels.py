@@ -41,10 +41,12 @@ temperature, masked by a confidence threshold, weighted with a linear warm-up.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from timm.data.mixup import mixup_target
 
 from selftrain.models import eval_mode
 
@@ -73,11 +75,15 @@ def student_step_feedback(
     *,
     label_smoothing: float = 0.0,
     update: bool = True,
+    mix: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
+    num_classes: int = 0,
 ) -> tuple[float, float]:
     """One student step on the pseudo-labels; returns (h, the student's pseudo-label loss).
 
     h = CE(S(x_l), y) before the step minus after it: positive when the step helped on labeled
-    data. With `update=False` (the student's delayed start) nothing changes and h = 0.
+    data. With `update=False` (the student's delayed start) nothing changes and h = 0. `mix`
+    (`selftrain.mixing.mix_soft` bound to the step) mixes the pseudo-labeled batch and its
+    (`num_classes`-wide) one-hot labels; the labeled batch, on which h is measured, never is.
 
     Both losses are measured in eval mode (no dropout, batch-norm running statistics, the same
     before and after), so h is the change the step made and nothing else. Measured in train mode,
@@ -86,9 +92,18 @@ def student_step_feedback(
     spread 3.5 times wider (std 0.12 against 0.035; docs/results.md, session 19), and the teacher
     learned from it. The price is one extra forward pass over the labeled batch.
     """
+    target = None
+    if mix is not None:
+        target = mixup_target(pseudo_labels, num_classes, lam=1.0, smoothing=label_smoothing)
+        x_unlabeled, target = mix(x_unlabeled, target, part=1)
     with torch.set_grad_enabled(update):  # no graph (and no DDP gradient sync) while the student waits
         logits = student(torch.cat([x_labeled, x_unlabeled])).float()
-    loss_pseudo = F.cross_entropy(logits[len(x_labeled) :], pseudo_labels, label_smoothing=label_smoothing)
+    if target is None:
+        loss_pseudo = F.cross_entropy(
+            logits[len(x_labeled) :], pseudo_labels, label_smoothing=label_smoothing
+        )
+    else:
+        loss_pseudo = -(target * F.log_softmax(logits[len(x_labeled) :], dim=1)).sum(dim=1).mean()
     if not update:
         return 0.0, loss_pseudo.item()
     loss_before = _eval_loss(student, x_labeled, y_labeled)

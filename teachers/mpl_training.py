@@ -14,6 +14,7 @@ Under torchrun both models are DistributedDataParallel; the batches in the confi
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -29,6 +30,7 @@ from selftrain.data.labeled_batches import labeled_batches
 from selftrain.data.stream import SplitStream, make_loader
 from selftrain.device import autocast, prepare_model, seed_everything, to_device
 from selftrain.engine import ProgressHook, TrainLoop
+from selftrain.mixing import mix_soft
 from selftrain.modelcard import build_card
 from selftrain.models import build_model, load_matching
 from selftrain.noise import noised_transform
@@ -152,6 +154,16 @@ def train_mpl(
             strict=False,
         )
 
+    mixing = (
+        {
+            "seed": cfg.seed + 101,
+            "mixup_alpha": mc.student_mixup_alpha,
+            "cutmix_alpha": mc.student_cutmix_alpha,
+        }
+        if mc.student_mixup_alpha > 0 or mc.student_cutmix_alpha > 0
+        else {}
+    )  # drawn per (seed, step): a resumed run mixes as the uninterrupted one
+
     def step_fn(batch, step: int) -> dict[str, float]:
         (x_l, y), ((x_uw, x_us), _keys) = batch
         x_l, y, x_uw, x_us = (
@@ -172,7 +184,10 @@ def train_mpl(
 
         update = step >= mc.student_wait_steps
         with autocast(device):
-            h, s_loss = student_step_feedback(s_train, s_opt, x_l, y, x_us, y_hat, update=update)
+            h, s_loss = student_step_feedback(
+                s_train, s_opt, x_l, y, x_us, y_hat, update=update, num_classes=t_logits.shape[1],
+                mix=functools.partial(mix_soft, step=step, **mixing) if mixing else None,
+            )  # fmt: skip
         reward = 0.0
         if update:
             h = average_feedback(h)

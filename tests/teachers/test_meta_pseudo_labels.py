@@ -167,3 +167,23 @@ def test_feedback_measures_the_step_not_dropout_or_batch_statistics():
         student, torch.optim.SGD(student.parameters(), lr=0.5), x_l, y_l, x_u, torch.randint(0, C, (24,))
     )
     assert h != 0.0, "a real step must still show in h"
+
+
+def test_mixing_hook_sees_only_the_pseudo_labeled_batch_and_one_hot_labels(problem):
+    """Mixing nothing gives the unmixed step exactly: same h, same loss; h's labeled batch is never mixed."""
+    student, x_l, y_l, x_u, _ = problem
+    x_u = torch.cat([x_u, -x_u])
+    seen = {}
+
+    def unmixed(x, target, *, part):
+        seen.update(n=len(x), part=part, target=target.clone())
+        return x, target
+
+    def step(mix):
+        s = copy.deepcopy(student)
+        opt = torch.optim.SGD(s.parameters(), lr=ETA)
+        return student_step_feedback(s, opt, x_l, y_l, x_u, torch.tensor([2, 0]), mix=mix, num_classes=C)
+
+    assert step(unmixed) == pytest.approx(step(None), rel=1e-9)
+    assert (seen["n"], seen["part"]) == (2, 1)
+    assert torch.equal(seen["target"], torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]))

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,30 +152,47 @@ def test_pseudo_label_view_decides_what_the_student_learns(mpl_run, tmp_path):
     assert any(not torch.equal(strong[k], weak[k]) for k in strong)
 
 
+def _joint_stage_again(mpl_run: Path, run: Path, **update) -> RunStore:
+    """A copy of `mpl_run` whose joint stage ran again for 6 steps, the student learning from the start."""
+    from teachers.mpl_training import STUDENT_IT, TEACHER_IT, train_mpl
+
+    shutil.copytree(mpl_run, run)
+    store = RunStore(run)
+    for it in (TEACHER_IT, STUDENT_IT):
+        store.mark_stage(it, "train", "interrupted")
+    shutil.rmtree(store.iter_dir(STUDENT_IT) / "checkpoints", ignore_errors=True)
+    cfg = store.config()
+    mpl = cfg.mpl.model_copy(update={"steps": 6, "student_wait_steps": 0, **update})
+    train_mpl(store, load_dataset(store.data_dir()), cfg.model_copy(update={"mpl": mpl}), torch.device("cpu"))
+    return store
+
+
 def test_feedback_weight_zero_is_a_control_without_the_meta_signal(mpl_run, tmp_path):
     """`mpl.feedback_weight=0`: the teacher learns nothing from the student, so it ends exactly as
     in a run whose student never steps; at the default weight the student's feedback moves it."""
-    from teachers.mpl_training import STUDENT_IT, TEACHER_IT, train_mpl
+    from teachers.mpl_training import TEACHER_IT
 
     def teacher_after(name: str, **update) -> dict[str, torch.Tensor]:
-        run = tmp_path / name
-        shutil.copytree(mpl_run, run)
-        store = RunStore(run)
-        for it in (TEACHER_IT, STUDENT_IT):
-            store.mark_stage(it, "train", "interrupted")
-        shutil.rmtree(store.iter_dir(STUDENT_IT) / "checkpoints", ignore_errors=True)
-        cfg = store.config()
-        mpl = cfg.mpl.model_copy(update={"steps": 6, "student_wait_steps": 0, **update})
-        train_mpl(
-            store, load_dataset(store.data_dir()), cfg.model_copy(update={"mpl": mpl}), torch.device("cpu")
-        )
-        return store.load_weights(TEACHER_IT)[0]
+        return _joint_stage_again(mpl_run, tmp_path / name, **update).load_weights(TEACHER_IT)[0]
 
     control = teacher_after("control", feedback_weight=0.0)
     no_student = teacher_after("no-student", feedback_weight=1.0, student_wait_steps=6)
     mpl = teacher_after("mpl", feedback_weight=1.0)
     assert [k for k in control if not torch.equal(control[k], no_student[k])] == []
     assert any(not torch.equal(control[k], mpl[k]) for k in control)
+
+
+def test_mixed_student_batches_repeat_bit_for_bit_and_change_the_student(mpl_run, tmp_path):
+    """`mpl.student_mixup_alpha` / `student_cutmix_alpha`: drawn per (seed, step), so two runs agree."""
+    from teachers.mpl_training import STUDENT_IT
+
+    mixing = {"student_mixup_alpha": 0.8, "student_cutmix_alpha": 1.0}
+    weights = {
+        name: _joint_stage_again(mpl_run, tmp_path / name, **update).load_weights(STUDENT_IT)[0]
+        for name, update in {"mix-a": mixing, "mix-b": mixing, "plain": {}}.items()
+    }
+    assert all(torch.equal(weights["mix-a"][k], weights["mix-b"][k]) for k in weights["plain"])
+    assert any(not torch.equal(weights["mix-a"][k], weights["plain"][k]) for k in weights["plain"])
 
 
 @pytest.mark.integration
