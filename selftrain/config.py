@@ -298,7 +298,8 @@ class MPLConfig(_Strict):
         description="Mixup on the student's pseudo-labeled batch (strong views blended with their reverse, "
         "the teacher's one-hot labels alike); with student_cutmix_alpha too, one of the two per step with "
         "even odds (0 = off). The feedback h is still measured on the unmixed labeled batch and the "
-        "teacher's MPL term on its own unmixed labels.",
+        "teacher's MPL term on its own unmixed labels. The photo recipe mixes (0.8 with CutMix 1.0: "
+        "+0.69 points finetuned over 5 seeds on the dev photos); digits do not (unmeasured there).",
     )
     student_cutmix_alpha: float = Field(0.0, ge=0, le=10, description=_CUTMIX)
     ema_decay: float = Field(

@@ -62,6 +62,7 @@ def test_colour_data_gets_the_photo_recipe_and_saves_it(photos, tmp_path):
     # Photo students train on mixed batches; the teacher does not (a mixed teacher labels worse).
     assert (cfg.student.mixup_alpha, cfg.student.cutmix_alpha) == (0.8, 1.0)
     assert (cfg.teacher.mixup_alpha, cfg.teacher.cutmix_alpha) == (0.0, 0.0)
+    assert (cfg.mpl.student_mixup_alpha, cfg.mpl.student_cutmix_alpha) == (0.8, 1.0)
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["recipe"] == "photos" and saved["teacher"]["augment"]["hflip"] is True
     assert saved["student"]["mixup_alpha"] == 0.8
