@@ -20,6 +20,10 @@ one rare GPU session yields everything that works; the exit code is 1 if any par
    with `selftrain data import` from an ImageFolder tree of JPEGs (25 labels per class, 600 test
    images, the rest unlabeled), then teacher + one iteration as for digits.
 5. `train_student`: `benchmarks/train_student.py` on the digits run of part 2.
+6. `mpl`: Meta Pseudo Labels (joint stage + labeled finetune, `train_mpl` and `finetune_student`)
+   on CUDA from part 4's photo teacher, at the photo recipe; then the same with as many times the
+   joint steps as the time left allows (2-8x): the one lever for MPL on photos (#12) that a 2-core
+   CPU cannot reach. One seed: a lead, not a result.
 
 Peak GPU memory is recorded per part and overall. `--cpu` runs everything on the CPU with small
 sizes and few steps (a minute or two on 2 idle cores; about 10 minutes at load average 11), so the
@@ -55,7 +59,7 @@ import torch  # noqa: E402
 # The dev photos: beside the repository, or carried to the GPU machine in .gpu/data/ (gpu_carry.sh).
 PHOTO_PLACES = [REPO.parent / "shared" / "data", REPO / ".gpu" / "data"]
 PHOTOS_NAME = "cifar10-dev-2796.npz"
-PARTS = ("tests", "digits", "labeling", "photos", "train_student")
+PARTS = ("tests", "digits", "labeling", "photos", "train_student", "mpl")
 
 # Sizes: GPU (a 6-minute budget on one H200) and --cpu (small: the code paths, not the figures).
 SIZES = {
@@ -70,6 +74,10 @@ SIZES = {
         "student_steps": 60,
         "student_workers": (0, 8),
         "photos": {"labels_per_class": 25, "test": 600, "unlabeled": None},
+        "mpl": [],  # the photo recipe's MPL, untouched
+        "mpl_scale": (2, 8),  # least and most times the recipe's joint steps for the scaled run
+        "mpl_budget_s": 520.0,  # the scaled run is sized to end by then
+        "start_by": {"mpl": 380.0},  # parts with their own latest start (the rest: the budget)
     },
     "cpu": {
         "train": [
@@ -96,6 +104,20 @@ SIZES = {
         "student_steps": 10,
         "student_workers": (0,),
         "photos": {"labels_per_class": 5, "test": 100, "unlabeled": 300},
+        "mpl": [
+            "mpl.steps=6",
+            "mpl.warmup_steps=1",
+            "mpl.student_wait_steps=2",
+            "mpl.uda_warmup_steps=2",
+            "mpl.eval_every=3",
+            "mpl.checkpoint_every=6",
+            "mpl.finetune.steps=4",
+            "mpl.finetune.warmup_steps=1",
+            "mpl.finetune.eval_every=2",
+        ],
+        "mpl_scale": (2, 2),
+        "mpl_budget_s": float("inf"),
+        "start_by": {},
     },
 }
 
@@ -286,7 +308,8 @@ def part_photos(ctx: dict) -> dict:
     args = ["data", "import", "--labeled", str(tree / "train"), "--unlabeled", str(tree / "unlabeled")]
     if cli([*args, "--test", str(tree / "test"), "--out", str(data)]) != 0:
         raise RuntimeError("selftrain data import failed (see the log)")
-    out = noisy_student_iteration(data, ctx["work"] / "photos-run", ctx["device"], ctx["sizes"]["train"])
+    ctx["photos_data"], ctx["photos_run"] = data, ctx["work"] / "photos-run"
+    out = noisy_student_iteration(data, ctx["photos_run"], ctx["device"], ctx["sizes"]["train"])
     out["imported"] = picked
     return out
 
@@ -410,6 +433,72 @@ def part_train_student(ctx: dict) -> dict:
     return out
 
 
+def mpl_run(data: Path, teacher_run: Path, run_dir: Path, device: torch.device, overrides: list[str]) -> dict:
+    """Joint MPL stage + labeled finetune from `teacher_run`'s iteration 0, without Prefect."""
+    from selftrain.data.dataset_info import load_dataset
+    from selftrain.runstore import RunStore
+    from teachers.mpl_training import finetune_student, train_mpl
+
+    store = RunStore(run_dir)
+    cfg = store.open(data, None, [f"device={device.type}", *overrides])
+    weights, card = RunStore(teacher_run).load_weights(0)  # the same teacher for every MPL run
+    artifacts = store.save_model(0, weights, card)
+    store.mark_stage(0, "train", "done", role="teacher", model=card["architecture"], artifacts=artifacts)
+    dataset = load_dataset(data)
+    out: dict = {"config_overrides": overrides, "teacher_test_accuracy": card["test_accuracy"]}
+    for stage, train in (("joint", train_mpl), ("finetune", finetune_student)):
+        _reset_peak(device)
+        started = time.perf_counter()
+        result = train(store, dataset, cfg, device)
+        out[stage] = {
+            "seconds": round(time.perf_counter() - started, 1),
+            "steps": result["steps"],
+            "model": result["architecture"],
+            "device": result["device"],
+            "val_accuracy": result["val_accuracy"],
+            "test_accuracy": result["test_accuracy"],
+            "peak_gpu_mb": _peak_mb(device),
+        }
+        log.info("mpl %s %s: %s", run_dir.name, stage, out[stage])
+    out["mpl_teacher_test_accuracy"] = store.card(1)["test_accuracy"]
+    out["gain_points"] = round(100 * (out["finetune"]["test_accuracy"] - card["test_accuracy"]), 2)
+    return out
+
+
+def part_mpl(ctx: dict) -> dict:
+    """MPL from the photo teacher at the recipe's joint steps, then the same with as many times the
+    joint steps (`mpl_scale`: least, most) as the time left allows: the lever a CPU cannot reach."""
+    if "photos_run" not in ctx or not (ctx["photos_run"] / "iter-000").is_dir():
+        raise PartSkipped("needs the photo teacher of part `photos`")
+    from selftrain.runstore import RunStore
+
+    sizes, device = ctx["sizes"], ctx["device"]
+    base = sizes["mpl"]
+    steps = RunStore(ctx["photos_run"]).config().mpl.steps
+    steps = int(next((o.split("=")[1] for o in reversed(base) if o.startswith("mpl.steps=")), steps))
+    out: dict = {"recipe_steps": steps}
+    out["recipe"] = recipe = mpl_run(
+        ctx["photos_data"], ctx["photos_run"], ctx["work"] / "mpl-recipe", device, base
+    )
+    ctx["save_partial"](out)  # the recipe run's figures survive a kill during the scaled one
+    least, most = sizes["mpl_scale"]
+    left = sizes["mpl_budget_s"] - (time.perf_counter() - ctx["started"]) - recipe["finetune"]["seconds"]
+    # Joint time grows with its steps (evaluations included); 10% spare for the estimate.
+    scale = min(most, int(left / (1.1 * recipe["joint"]["seconds"]))) if left < float("inf") else least
+    if scale < least:
+        out["scaled"] = {"status": "skipped", "reason": f"{left:.0f} s left: under {least}x the joint stage"}
+        return out
+    out["scaled"] = mpl_run(
+        ctx["photos_data"],
+        ctx["photos_run"],
+        ctx["work"] / f"mpl-steps-x{scale}",
+        device,
+        [*base, f"mpl.steps={steps * scale}"],
+    )
+    out["scaled"]["scale"] = scale
+    return out
+
+
 # -- driver -------------------------------------------------------------------------------------
 class PartSkipped(Exception):
     pass
@@ -465,20 +554,29 @@ def main(argv: list[str] | None = None) -> int:
     }
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
-    ctx = {"device": device, "sizes": sizes, "work": work}
+    ctx = {"device": device, "sizes": sizes, "work": work, "started": started}
+    start_by = {} if args.budget_s is not None else sizes["start_by"]
     handlers = {
         "tests": part_tests,
         "digits": part_digits,
         "labeling": part_labeling,
         "photos": part_photos,
         "train_student": part_train_student,
+        "mpl": part_mpl,
     }
     try:
         for name in args.only or PARTS:
             elapsed = time.perf_counter() - started
-            if elapsed > budget:
-                report["parts"][name] = {"status": "skipped", "reason": f"over the {budget:g} s budget"}
+            deadline = start_by.get(name, budget)
+            if elapsed > deadline:
+                report["parts"][name] = {"status": "skipped", "reason": f"over the {deadline:g} s budget"}
                 continue
+
+            def save_partial(result: dict, name: str = name) -> None:
+                report["parts"][name] = {"status": "running", **result}
+                _write_json(args.out / "gpu_check.json", report)
+
+            ctx["save_partial"] = save_partial
             log.info("== %s (%.0f s elapsed)", name, elapsed)
             _reset_peak(device)
             t0 = time.perf_counter()

@@ -44,7 +44,7 @@ def test_gpu_check_cpu_mode_writes_every_figure(tmp_path):
     assert report["mode"] == "cpu" and report["ok"] is True
     assert {"versions", "peak_gpu_mb", "seconds", "device"} <= set(report)
     parts = report["parts"]
-    assert list(parts) == ["tests", "digits", "labeling", "photos", "train_student"]
+    assert list(parts) == ["tests", "digits", "labeling", "photos", "train_student", "mpl"]
 
     tests = parts["tests"]
     assert tests["status"] == "ok" and tests["failed"] == 0 and tests["skipped"] >= 4  # no GPU here
@@ -70,8 +70,16 @@ def test_gpu_check_cpu_mode_writes_every_figure(tmp_path):
         for row in (labeling[k] for k in ("png32", "jpeg64_batched")):
             assert row["pipeline_images_per_s"] > 0 and row["model_images_per_s"] > 0 and row["ratio"] > 0
             assert set(row["gap_us"]) == {"input_over_decode", "model_over_model_alone", "write", "other"}
+        mpl = parts["mpl"]
+        assert mpl["status"] == "ok" and mpl["recipe_steps"] == 6, mpl
+        for run, steps in ((mpl["recipe"], 6), (mpl["scaled"], 12)):  # the CPU's 2x the joint steps
+            assert run["joint"]["steps"] == steps and run["finetune"]["steps"] == 4
+            assert run["joint"]["model"] == "resnet18t" and run["finetune"]["device"] == "cpu"
+            assert run["teacher_test_accuracy"] == parts["photos"]["teacher"]["test_accuracy"]
+            assert 0 <= run["finetune"]["test_accuracy"] <= 1
+        assert mpl["scaled"]["scale"] == 2
     else:
-        assert parts["photos"]["status"] == parts["labeling"]["status"] == "skipped"
+        assert parts["photos"]["status"] == parts["labeling"]["status"] == parts["mpl"]["status"] == "skipped"
 
     student = parts["train_student"]["workers_0"]
     assert student["device"] == "cpu" and student["ratio"] > 0
