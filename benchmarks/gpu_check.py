@@ -188,7 +188,9 @@ def part_tests(ctx: dict) -> dict:
     return out
 
 
-def noisy_student_iteration(data: Path, run_dir: Path, device: torch.device, overrides: list[str]) -> dict:
+def noisy_student_iteration(
+    data: Path, run_dir: Path, device: torch.device, overrides: list[str], teacher_only: bool = False
+) -> dict:
     """Teacher, labeling + selection, one student: what the noisy-student flow runs, without Prefect."""
     from pseudolabel.iteration import pseudolabel_iteration
     from selftrain.data.dataset_info import load_dataset
@@ -203,7 +205,7 @@ def noisy_student_iteration(data: Path, run_dir: Path, device: torch.device, ove
         "images": {k: s.total for k, s in dataset.info.splits.items()},
         "config_overrides": overrides,
     }
-    for stage in ("teacher", "pseudolabel", "student"):
+    for stage in ("teacher",) if teacher_only else ("teacher", "pseudolabel", "student"):
         _reset_peak(device)
         started = time.perf_counter()
         if stage == "teacher":
@@ -234,6 +236,8 @@ def noisy_student_iteration(data: Path, run_dir: Path, device: torch.device, ove
             }
         out[stage] = row
         log.info("%s %s: %s", data.name, stage, row)
+    if teacher_only:
+        return out
     out["gain_points"] = round(100 * (out["student"]["test_accuracy"] - out["teacher"]["test_accuracy"]), 2)
     out["autocast"] = "bfloat16" if device.type == "cuda" else None
     return out
@@ -253,7 +257,9 @@ def part_digits(ctx: dict) -> dict:
     data = ctx["work"] / "digits"
     build_digits(data)
     ctx["digits_run"] = ctx["work"] / "digits-run"
-    return noisy_student_iteration(data, ctx["digits_run"], ctx["device"], ctx["sizes"]["train"])
+    return noisy_student_iteration(
+        data, ctx["digits_run"], ctx["device"], ctx["sizes"]["train"], ctx["teacher_only"]
+    )
 
 
 def _load_photos() -> dict[str, np.ndarray]:
@@ -309,7 +315,9 @@ def part_photos(ctx: dict) -> dict:
     if cli([*args, "--test", str(tree / "test"), "--out", str(data)]) != 0:
         raise RuntimeError("selftrain data import failed (see the log)")
     ctx["photos_data"], ctx["photos_run"] = data, ctx["work"] / "photos-run"
-    out = noisy_student_iteration(data, ctx["photos_run"], ctx["device"], ctx["sizes"]["train"])
+    out = noisy_student_iteration(
+        data, ctx["photos_run"], ctx["device"], ctx["sizes"]["train"], ctx["teacher_only"]
+    )
     out["imported"] = picked
     return out
 
@@ -477,6 +485,17 @@ def part_mpl(ctx: dict) -> dict:
     steps = RunStore(ctx["photos_run"]).config().mpl.steps
     steps = int(next((o.split("=")[1] for o in reversed(base) if o.startswith("mpl.steps=")), steps))
     out: dict = {"recipe_steps": steps}
+    if ctx["mpl_scale"] is not None:  # one run at a chosen scale, e.g. a second, short GPU call
+        scale = ctx["mpl_scale"]
+        out["scaled"] = mpl_run(
+            ctx["photos_data"],
+            ctx["photos_run"],
+            ctx["work"] / f"mpl-steps-x{scale}",
+            device,
+            [*base, f"mpl.steps={steps * scale}"],
+        )
+        out["scaled"]["scale"] = scale
+        return out
     out["recipe"] = recipe = mpl_run(
         ctx["photos_data"], ctx["photos_run"], ctx["work"] / "mpl-recipe", device, base
     )
@@ -534,6 +553,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--only", action="append", choices=PARTS, help="run only this part (repeatable)")
     parser.add_argument("--budget-s", type=float, help="skip parts that would start after this many seconds")
+    parser.add_argument(
+        "--teacher-only", action="store_true", help="digits/photos: train the teacher, no iteration"
+    )
+    parser.add_argument(
+        "--mpl-scale",
+        type=int,
+        help="mpl: one run at exactly this many times the recipe's joint steps (default: the recipe, "
+        "then as many times as the time left allows)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -555,6 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     ctx = {"device": device, "sizes": sizes, "work": work, "started": started}
+    ctx |= {"teacher_only": args.teacher_only, "mpl_scale": args.mpl_scale}
     start_by = {} if args.budget_s is not None else sizes["start_by"]
     handlers = {
         "tests": part_tests,
