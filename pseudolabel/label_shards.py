@@ -46,6 +46,7 @@ from selftrain.config import PseudoLabelConfig, RunConfig
 from selftrain.data.batch_decode import decode_resize, use_batched_decode
 from selftrain.data.dataset_info import Dataset, ShardEntry
 from selftrain.data.shards import decode_sample, skip_or_raise
+from selftrain.data.workers import resolve_workers
 from selftrain.device import to_device
 from selftrain.errors import CorruptSampleError, SelftrainError
 from selftrain.runstore import RunStore
@@ -272,7 +273,7 @@ def label_shards(
     """
     started = time.perf_counter()
     skip = cfg.data.skip_corrupt if skip_corrupt is None else skip_corrupt
-    workers = cfg.data.num_workers if num_workers is None else num_workers
+    workers = resolve_workers(cfg.data.num_workers if num_workers is None else num_workers, device)
     teacher = teacher or load_teacher(store, iteration, dataset, device)
     spec = LabelSpec.for_teacher(teacher, cfg.pseudolabel)
     entries = dataset.split(SPLIT).shards

@@ -9,10 +9,11 @@ config file is the bundled demo.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from selftrain.errors import SelftrainError
 
@@ -23,9 +24,22 @@ class _Strict(BaseModel):
 
 class DataConfig(_Strict):
     image_size: int = Field(32, ge=8, le=1024, description="Side in pixels that images are resized to.")
-    num_workers: int = Field(
-        0, ge=0, le=64, description="DataLoader worker processes; 0 decodes in the training process."
+    num_workers: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = Field(
+        "auto",
+        description="DataLoader worker processes; 0 decodes in the training process. auto: none on "
+        "the CPU (workers would take the model's cores), on CUDA up to 8 per rank (leaving it a core).",
     )
+
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _count_or_auto(cls, value: Any) -> Any:
+        """One message for both arms of the union, instead of pydantic's two."""
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if value == "auto" or (type(value) is int and 0 <= value <= 64):
+            return value
+        raise PydanticCustomError("count_or_auto", "Input should be a count from 0 to 64 or 'auto'")
+
     shuffle_buffer: int = Field(1000, ge=1, description="Samples held in the streaming shuffle buffer.")
     verify_checksums: bool = Field(
         True, description="Check each shard's sha256 against dataset.json while streaming it."

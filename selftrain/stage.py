@@ -23,6 +23,7 @@ from selftrain.data.batch_decode import use_batched_decode
 from selftrain.data.dataset_info import MIN_VAL_FOR_SELECTION, OPTIONAL_SPLITS, Dataset
 from selftrain.data.encoded_stream import device_eval_batches
 from selftrain.data.stream import SplitStream, make_loader
+from selftrain.data.workers import resolve_workers
 from selftrain.engine import TrainLoop, TrainResult
 from selftrain.errors import SelftrainError
 from selftrain.evaluate import EvalResult, describe, evaluate
@@ -57,7 +58,7 @@ def evaluate_split(
             split,
             image_size=image_size,
             device=device,
-            num_workers=cfg.data.num_workers,
+            num_workers=resolve_workers(cfg.data.num_workers, device),
             verify_checksums=cfg.data.verify_checksums,
             skip_corrupt=cfg.data.skip_corrupt,
         )

@@ -33,6 +33,7 @@ from selftrain import augment_rng, distributed
 from selftrain.data.dataset_info import Dataset
 from selftrain.data.shards import SkipCounter, decode_sample
 from selftrain.data.tar_reader import iter_shard_fast
+from selftrain.data.workers import resolve_workers
 from selftrain.errors import CorruptSampleError, SelftrainError
 
 log = logging.getLogger("selftrain.data")
@@ -179,11 +180,15 @@ class SplitStream(IterableDataset):
         sizes = self._shard_sizes()
         return sum(len(mine) for _, mine in epoch_plan(sizes, list(range(len(sizes))), slot, slots))
 
+    def feeds(self, workers: int) -> bool:
+        """Whether every reader (ranks x `workers`) of an endless stream gets samples each epoch."""
+        slots = distributed.world_size() * max(workers, 1)
+        return not (self.repeat and self.epoch_size and min(self.reader_share(s, slots) for s in range(slots)) == 0)
+
     def check_split(self, workers: int) -> None:
         """In the main process: refuse an endless stream that leaves some reader with nothing."""
         world = distributed.world_size()
-        slots = world * max(workers, 1)
-        if self.repeat and self.epoch_size and min(self.reader_share(s, slots) for s in range(slots)) == 0:
+        if not self.feeds(workers):
             raise SelftrainError(
                 f"{self.split_name}: {self.epoch_size} samples cannot feed {world} processes x "
                 f"{max(workers, 1)} DataLoader workers; lower distributed.nproc_per_node or data.num_workers"
@@ -313,13 +318,20 @@ class SplitStream(IterableDataset):
             epoch, skip = epoch + 1, 0
 
 
-def make_loader(stream: SplitStream, batch_size: int, num_workers: int, device: torch.device) -> DataLoader:
-    """`batch_size` is per rank (a global batch divided by the world size)."""
-    stream.check_split(num_workers)
+def make_loader(
+    stream: SplitStream, batch_size: int, num_workers: int | str, device: torch.device
+) -> DataLoader:
+    """`batch_size` is per rank (a global batch divided by the world size); `num_workers` as in
+    `data.num_workers`: `auto` gives a split too small to feed every worker fewer of them."""
+    workers = resolve_workers(num_workers, device)
+    if num_workers == "auto":
+        while workers > 0 and not stream.feeds(workers):
+            workers -= 1
+    stream.check_split(workers)
     return DataLoader(
         stream,
         batch_size=batch_size,
-        num_workers=num_workers,
+        num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
     )

@@ -1,0 +1,36 @@
+"""How many DataLoader worker processes a stage gets: `data.num_workers: auto` sizes them by device.
+
+On a GPU the training process alone cannot decode and augment as fast as the model trains: on the
+first H200 run (docs/gpu.md, 2026-12-04) students trained at 0.18 of their in-memory rate with no
+workers and at 0.888 with 8. On a CPU, workers take cores from the model itself (on the 2-core
+machines this was built on, every figure used none), so `auto` means none there.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from selftrain import distributed
+
+AUTO_MAX_WORKERS = 8  # measured enough for resnet-size students at 32x32 on an H200 (0.888)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (a container's cpuset, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def resolve_workers(setting: int | str, device: torch.device) -> int:
+    """`data.num_workers` as a count: a number as given; `auto` none on the CPU, and on CUDA up to
+    8 per rank, leaving each rank's training process a core of its own."""
+    if setting != "auto":
+        return int(setting)
+    if device.type != "cuda":
+        return 0
+    per_rank = available_cpus() // max(distributed.world_size(), 1)
+    return max(0, min(AUTO_MAX_WORKERS, per_rank - 1))
