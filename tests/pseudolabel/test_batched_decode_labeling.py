@@ -132,3 +132,24 @@ def test_cuda_labels_match_cpu_labels(make_run, jpeg_data):
     cuda = np.stack([runs["cuda"][k] for k in keys])
     assert (cpu.argmax(1) == cuda.argmax(1)).mean() >= 0.97
     assert np.abs(cpu - cuda).mean() < 0.02
+
+
+@pytest.mark.parametrize("mode", ["pil", "batched"])
+def test_eval_with_workers_sees_each_image_once(make_run, jpeg_data, mode):
+    """`data.num_workers: auto` gives eval workers on a GPU: they must split the split, not repeat it."""
+    store = make_run(data=jpeg_data)
+    dataset = load_dataset(jpeg_data)
+    weights, card = store.load_weights(0)
+    model = build_model(card["architecture"], num_classes=card["num_classes"], in_chans=card["in_chans"])
+    model.load_state_dict(weights)
+    model = prepare_model(model, CPU)
+    results = {}
+    for workers in (0, 2):
+        cfg = store.config()
+        cfg = cfg.model_copy(
+            update={"data": cfg.data.model_copy(update={"decode": mode, "num_workers": workers})}
+        )
+        results[workers], skipped = evaluate_split(model, dataset, "test", cfg, CPU, card["input_size"][-1])
+        assert skipped == 0
+    assert results[0].count == results[2].count == dataset.split("test").total
+    assert results[0].top1 == results[2].top1 and results[0].per_class == results[2].per_class
