@@ -485,16 +485,16 @@ def part_mpl(ctx: dict) -> dict:
     steps = RunStore(ctx["photos_run"]).config().mpl.steps
     steps = int(next((o.split("=")[1] for o in reversed(base) if o.startswith("mpl.steps=")), steps))
     out: dict = {"recipe_steps": steps}
-    if ctx["mpl_scale"] is not None:  # one run at a chosen scale, e.g. a second, short GPU call
-        scale = ctx["mpl_scale"]
-        out["scaled"] = mpl_run(
-            ctx["photos_data"],
-            ctx["photos_run"],
-            ctx["work"] / f"mpl-steps-x{scale}",
-            device,
-            [*base, f"mpl.steps={steps * scale}"],
+
+    def scaled(scale: int) -> dict:
+        run = [*base, f"mpl.steps={steps * scale}"]
+        result = mpl_run(
+            ctx["photos_data"], ctx["photos_run"], ctx["work"] / f"mpl-steps-x{scale}", device, run
         )
-        out["scaled"]["scale"] = scale
+        return {**result, "scale": scale}
+
+    if ctx["mpl_scale"] is not None:  # one run at a chosen scale, e.g. a second, short GPU call
+        out["scaled"] = scaled(ctx["mpl_scale"])
         return out
     out["recipe"] = recipe = mpl_run(
         ctx["photos_data"], ctx["photos_run"], ctx["work"] / "mpl-recipe", device, base
@@ -506,15 +506,8 @@ def part_mpl(ctx: dict) -> dict:
     scale = min(most, int(left / (1.1 * recipe["joint"]["seconds"]))) if left < float("inf") else least
     if scale < least:
         out["scaled"] = {"status": "skipped", "reason": f"{left:.0f} s left: under {least}x the joint stage"}
-        return out
-    out["scaled"] = mpl_run(
-        ctx["photos_data"],
-        ctx["photos_run"],
-        ctx["work"] / f"mpl-steps-x{scale}",
-        device,
-        [*base, f"mpl.steps={steps * scale}"],
-    )
-    out["scaled"]["scale"] = scale
+    else:
+        out["scaled"] = scaled(scale)
     return out
 
 

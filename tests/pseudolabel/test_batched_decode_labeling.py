@@ -77,13 +77,18 @@ def test_batched_labels_equal_pil_labels(make_run, jpeg_data):
     assert np.abs(pil - batched).max() < 0.05
 
 
-def test_batched_eval_equals_pil_eval(make_run, jpeg_data):
-    store = make_run(data=jpeg_data)
-    dataset = load_dataset(jpeg_data)
+def _teacher(store) -> tuple[torch.nn.Module, dict]:
+    """Iteration 0's model on the CPU, and its card."""
     weights, card = store.load_weights(0)
     model = build_model(card["architecture"], num_classes=card["num_classes"], in_chans=card["in_chans"])
     model.load_state_dict(weights)
-    model = prepare_model(model, CPU)
+    return prepare_model(model, CPU), card
+
+
+def test_batched_eval_equals_pil_eval(make_run, jpeg_data):
+    store = make_run(data=jpeg_data)
+    dataset = load_dataset(jpeg_data)
+    model, card = _teacher(store)
     for split in ("test", "val"):  # test: JPEGs; val: PNGs, which the batched path decodes with PIL
         results = {}
         for mode in ("pil", "batched"):
@@ -139,10 +144,7 @@ def test_eval_with_workers_sees_each_image_once(make_run, jpeg_data, mode):
     """`data.num_workers: auto` gives eval workers on a GPU: they must split the split, not repeat it."""
     store = make_run(data=jpeg_data)
     dataset = load_dataset(jpeg_data)
-    weights, card = store.load_weights(0)
-    model = build_model(card["architecture"], num_classes=card["num_classes"], in_chans=card["in_chans"])
-    model.load_state_dict(weights)
-    model = prepare_model(model, CPU)
+    model, card = _teacher(store)
     results = {}
     for workers in (0, 2):
         cfg = store.config()
