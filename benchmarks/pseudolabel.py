@@ -9,7 +9,7 @@ Builds, in a temporary folder, the digits data set and its default teacher (resn
 labeled in a fresh subprocess, so each reports its own peak resident memory, by `label_shards`
 (read shards -> decode -> resize -> forward -> write sidecars: what `selftrain pseudolabel` and the
 flows' fan-out call), then filtered and balanced by `pseudolabel_iteration` once every shard is
-labeled (timed apart as `selection_seconds`). The labeling runs in 8 chunks of shards with one
+labeled (timed apart as `selection_seconds`). The labeling runs in 8 chunks of shards (`--chunks`) with one
 teacher, loaded once and its load counted in the pipeline's time, as one `selftrain pseudolabel`
 call loads it once (a load per chunk would charge 8 loads, about 100 ms each on 2 cores, that no
 user pays). Before each chunk, in the same process with the same threads, it measures:
@@ -301,7 +301,12 @@ def _gap_us(parts: list[dict], images: int) -> dict[str, float]:
 
 
 def child(
-    run_dir: Path, workers: int, device_name: str = "cpu", decode: str | None = None, peer: bool = False
+    run_dir: Path,
+    workers: int,
+    device_name: str = "cpu",
+    decode: str | None = None,
+    peer: bool = False,
+    chunks: int = CHUNKS,
 ) -> dict:
     import torch
 
@@ -332,7 +337,7 @@ def child(
     # alone: the limit of every chunk is measured beside it, so a shared machine's drift (single
     # measurements moved 20% within a minute) hits both alike.
     chunks = [
-        c.tolist() for c in np.array_split(np.arange(len(split.shards)), min(CHUNKS, len(split.shards)))
+        c.tolist() for c in np.array_split(np.arange(len(split.shards)), min(chunks, len(split.shards)))
     ]
     model_batches = max(2, images // batch // len(chunks) // 2)
     if device.type == "cuda":
@@ -423,10 +428,19 @@ def child(
 
 
 def measure(
-    run_dir: Path, workers: int, device: str = "cpu", decode: str | None = None, peer: bool = False
+    run_dir: Path,
+    workers: int,
+    device: str = "cpu",
+    decode: str | None = None,
+    peer: bool = False,
+    chunks: int = CHUNKS,
 ) -> dict:
+    """One labeling measurement in a fresh process. `chunks`: label_shards calls the shards are
+    split over; each starts its own DataLoader workers, a cost that matters only where a chunk
+    takes well under a second (a GPU)."""
     cmd = [sys.executable, __file__, "--child", str(run_dir), "--workers", str(workers), "--device", device]
     cmd += (["--decode", decode] if decode else []) + (["--peer"] if peer else [])
+    cmd += ["--chunks", str(chunks)]
     proc = subprocess.run(
         cmd, capture_output=True, text=True, check=False, env={**os.environ, "TQDM_DISABLE": "1"}
     )
@@ -463,11 +477,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     parser.add_argument("--decode", choices=["pil", "batched"], help=argparse.SUPPRESS)
     parser.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--chunks", type=int, default=CHUNKS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
     if args.child:
-        print(json.dumps(child(args.child, args.workers, args.device, args.decode, args.peer)))
+        print(json.dumps(child(args.child, args.workers, args.device, args.decode, args.peer, args.chunks)))
         return 0
 
     load_before = os.getloadavg()[0]

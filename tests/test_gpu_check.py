@@ -69,6 +69,7 @@ def test_gpu_check_cpu_mode_writes_every_figure(tmp_path):
         assert labeling["png32"]["decode"] == "auto" and labeling["jpeg64_batched"]["decode"] == "batched"
         for row in (labeling[k] for k in ("png32", "jpeg64_batched")):
             assert row["pipeline_images_per_s"] > 0 and row["model_images_per_s"] > 0 and row["ratio"] > 0
+            assert row["chunks"] == 2  # the CPU sizes' label_chunks (the GPU's: 1)
             assert set(row["gap_us"]) == {"input_over_decode", "model_over_model_alone", "write", "other"}
         mpl = parts["mpl"]
         assert mpl["status"] == "ok" and mpl["recipe_steps"] == 6, mpl
