@@ -32,6 +32,17 @@ def test_auto_on_cuda_leaves_each_rank_a_core_and_stops_at_eight(monkeypatch, cp
     assert resolve_workers("auto", CUDA) == expected
 
 
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"), [("400000 100000\n", 4), ("150000 100000", 1), ("max 100000", None), ("junk", None)]
+)
+def test_a_containers_cpu_quota_caps_the_cpus(tmp_path, monkeypatch, cpu_max, expected):
+    """A pod limited to 4 CPUs gets workers for 4, not for the node's cores."""
+    (tmp_path / "cpu.max").write_text(cpu_max)
+    monkeypatch.setattr(workers, "CGROUP_CPU_MAX", tmp_path / "cpu.max")
+    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert workers.available_cpus() == (expected or 64)
+
+
 @pytest.mark.parametrize("value", ["many", -1, 65, 2.5, "true"])
 def test_other_values_are_refused_in_one_line_naming_the_key(value):
     with pytest.raises(
