@@ -128,7 +128,13 @@ def test_teacher_reaches_90_percent_with_10_labels_per_class(tmp_path):
 @pytest.mark.gpu
 def test_teacher_trains_on_cuda_and_its_eval_decodes_there(digits_master, tmp_path, capsys):
     """The CUDA path end to end: bf16 autocast training, channels_last, eval on the GPU; a CPU
-    re-evaluation of the saved weights agrees (bf16 moves a few borderline images at most)."""
+    re-evaluation of the saved weights agrees (bf16 moves a few borderline images at most).
+    The default `data.num_workers: auto` feeds it through DataLoader workers there."""
+    import torch
+
+    from selftrain.data.workers import available_cpus, resolve_workers
+
+    assert resolve_workers("auto", torch.device("cuda")) == min(8, available_cpus() - 1)
     run = tmp_path / "run"
     assert main([*_args(digits_master, run, QUICK_TEACHER), "--device", "cuda"]) == 0
     card = json.loads((run / "iter-000" / "model.json").read_text())
