@@ -485,12 +485,12 @@ def part_mpl(ctx: dict) -> dict:
     joint steps (`mpl_scale`: least, most) as the time left allows: the lever a CPU cannot reach."""
     if "photos_run" not in ctx or not (ctx["photos_run"] / "iter-000").is_dir():
         raise PartSkipped("needs the photo teacher of part `photos`")
+    from selftrain.config import load_config
     from selftrain.runstore import RunStore
 
     sizes, device = ctx["sizes"], ctx["device"]
     base = sizes["mpl"]
-    steps = RunStore(ctx["photos_run"]).config().mpl.steps
-    steps = int(next((o.split("=")[1] for o in reversed(base) if o.startswith("mpl.steps=")), steps))
+    steps = load_config(RunStore(ctx["photos_run"]).config_path, base).mpl.steps  # the overrides applied
     out: dict = {"recipe_steps": steps}
 
     def scaled(scale: int) -> dict:
