@@ -6,6 +6,7 @@
     .venv/bin/python benchmarks/quality.py --data ../shared/data/cifar10-dev-2796.npz --only photos
     .venv/bin/python benchmarks/quality.py --data DATASET_DIR    # an imported data set instead
     .venv/bin/python benchmarks/quality.py --merge A.json B.json # one table from earlier --json runs
+    .venv/bin/python benchmarks/quality.py --only photos --unlabeled-fraction 0.5  # half the pool
 
 Each method runs as a user runs it: `selftrain run noisy-student --iterations 3` (its iteration 0
 is the supervised teacher, the baseline) and `selftrain run meta-pseudo-labels` (finetuned
@@ -30,7 +31,12 @@ it ("feedback adds") is what the meta signal itself is worth on the data set.
 JSON: {"<data set>": {"<method>": {"test_accuracy_mean", "test_accuracy_std", "minutes",
 "test_accuracy": [per seed], ...}, ...}, "config": {...}}; NS also lists `per_iteration_mean`,
 `seeds_rising_every_iteration` and, with the control, `pseudo_label_gain_points_mean`; with
-`--mpl-control`, `mpl_no_feedback` and `mpl.feedback_gain_points_mean`.
+`--mpl-control`, `mpl_no_feedback` and `mpl.feedback_gain_points_mean`; each data set also
+gives `unlabeled_images`, the pool its runs drew from.
+
+`--unlabeled-fraction F` (photos from an .npz) imports only that share of the unlabeled pool,
+evenly per class, with labeled and test exactly as at 1: one point of a learning curve over the
+pool's size, for telling whether more unlabeled photos would help a method.
 
 `--merge` trains nothing: it pools the per-seed runs of earlier `--json` outputs (say seeds 0-2
 one day, 3-4 the next, within a CPU's time window) into one summary, as if one invocation had run
@@ -84,18 +90,28 @@ def _json(*args: str) -> dict:
     return json.loads(out.stdout)
 
 
-def build_photos(source: Path, work: Path, labels_per_class: int, log: Path) -> Path:
+def build_photos(
+    source: Path, work: Path, labels_per_class: int, log: Path, unlabeled_fraction: float = 1.0
+) -> Path:
     if (source / "dataset.json").is_file():
         return source
     images, labels, classes = load_npz_images(source)
-    tree = work / "photos-tree"
-    write_imagefolder(images, labels, classes, tree, labels_per_class=labels_per_class, seed=0)
-    out = work / "photos"
+    name = "photos" if unlabeled_fraction == 1.0 else f"photos-unlabeled{unlabeled_fraction:g}"
+    tree = work / f"{name}-tree"
+    write_imagefolder(images, labels, classes, tree, labels_per_class=labels_per_class, seed=0,
+                      unlabeled_fraction=unlabeled_fraction)  # fmt: skip
+    out = work / name
     _selftrain(
         "data", "import", "--labeled", str(tree / "labeled"), "--unlabeled", str(tree / "unlabeled"),
         "--test", str(tree / "test"), "--out", str(out), "--unlabeled-truth", log=log,
     )  # fmt: skip
     return out
+
+
+def _unlabeled_images(data: Path) -> int:
+    """The unlabeled pool the runs drew from (what a learning curve over it is plotted against)."""
+    shards = json.loads((data / "dataset.json").read_text())["splits"]["unlabeled"]["shards"]
+    return sum(s["samples"] for s in shards)
 
 
 def _ns_rows(run: Path) -> list[dict]:
@@ -224,6 +240,11 @@ def merge_results(outputs: list[dict]) -> dict:
                     f"config.{key} differs ({config.get(key)!r} vs {other['config'].get(key)!r}): "
                     "runs of different settings cannot be pooled"
                 )
+    fractions = {o["config"].get("unlabeled_fraction", 1.0) for o in outputs}  # older outputs: all
+    if len(fractions) > 1:
+        raise ValueError(
+            f"config.unlabeled_fraction differs ({sorted(fractions)}): runs on different pools cannot be pooled"
+        )
     seeds = [s for o in outputs for s in o["config"]["seeds"]]
     repeated = sorted(s for s, n in collections.Counter(seeds).items() if n > 1)
     if repeated:
@@ -243,6 +264,9 @@ def merge_results(outputs: list[dict]) -> dict:
             )
         runs = sorted((r for o in outputs for r in o[name]["runs"]), key=lambda r: r["seed"])
         merged[name] = summarize(runs)
+        pools = {o[name].get("unlabeled_images") for o in outputs}
+        if len(pools) == 1 and None not in pools:
+            merged[name]["unlabeled_images"] = pools.pop()
     return merged
 
 
@@ -266,6 +290,8 @@ def print_table(results: dict) -> None:
         rising = methods["noisy_student"]["seeds_rising_every_iteration"]
         print(f"{data:<10} {'NS per iteration (mean)':<24} {per_iter}  (rising every iteration in "
               f"{rising} of {len(methods['runs'])} seeds)")  # fmt: skip
+        if "unlabeled_images" in methods:
+            print(f"{data:<10} {'unlabeled pool':<24} {methods['unlabeled_images']} images")
         if "pseudo_label_gain_points_mean" in methods["noisy_student"]:
             print(f"{data:<10} {'pseudo-labels add':<24} "
                   f"{methods['noisy_student']['pseudo_label_gain_points_mean']:+.2f} points (NS minus the control)")  # fmt: skip
@@ -289,6 +315,9 @@ def main() -> int:
     p.add_argument("--data", type=Path, default=DEV_PHOTOS, help="photos: an .npz or an imported data set")
     p.add_argument("--only", choices=["digits", "photos"], help="run one data set only")
     p.add_argument("--labels-per-class", type=int, default=25, help="photos from an .npz (default 25)")
+    p.add_argument("--unlabeled-fraction", type=float, default=1.0,
+                   help="photos from an .npz: keep this share of the unlabeled pool, evenly per class; "
+                   "labeled and test unchanged (default 1: a learning curve over the pool's size)")  # fmt: skip
     p.add_argument("--iterations", type=int, default=3, help="Noisy Student iterations (default 3)")
     p.add_argument("--set", dest="extra", action="append", default=[], help="extra config override")
     p.add_argument("--no-control", action="store_true",
@@ -316,6 +345,11 @@ def main() -> int:
         return 0
     if args.seeds < 1 or args.first_seed < 0:
         p.error("--seeds must be at least 1 and --first-seed at least 0")
+    if not 0 < args.unlabeled_fraction <= 1:
+        p.error(f"--unlabeled-fraction must be in (0, 1] (got {args.unlabeled_fraction})")
+    if args.unlabeled_fraction != 1 and (args.only == "digits" or (args.data / "dataset.json").is_file()):
+        p.error("--unlabeled-fraction subsamples photos from an .npz before the import; "
+                "give --data an .npz (not an imported data set) and do not pass --only digits")  # fmt: skip
 
     os.environ.setdefault("TQDM_DISABLE", "1")
     work = args.keep or Path(tempfile.mkdtemp(prefix="selftrain-quality-"))
@@ -324,7 +358,8 @@ def main() -> int:
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     results: dict = {"config": {"seeds": list(seeds), "iterations": args.iterations, "overrides": args.extra,
                                 "control": None if args.no_control else CONTROL,
-                                "mpl_control": MPL_CONTROL if args.mpl_control else None}}  # fmt: skip
+                                "mpl_control": MPL_CONTROL if args.mpl_control else None,
+                                "unlabeled_fraction": args.unlabeled_fraction}}  # fmt: skip
     sets: list[tuple[str, Path]] = []
     if args.only in (None, "digits"):
         digits = work / "digits"
@@ -333,7 +368,8 @@ def main() -> int:
         sets.append(("digits", digits))
     if args.only in (None, "photos"):
         if args.data.exists():
-            sets.append(("photos", build_photos(args.data, work, args.labels_per_class, log)))
+            photos = build_photos(args.data, work, args.labels_per_class, log, args.unlabeled_fraction)
+            sets.append(("photos", photos))
         else:
             print(f"quality: {args.data} not found; photos skipped", file=sys.stderr)
     control = not args.no_control
@@ -344,7 +380,7 @@ def main() -> int:
                 run_seed(data, work / name, seed, args.iterations, args.extra, log, control, args.mpl_control)
             )
             print(f"quality: {name} seed {seed}: {json.dumps(runs[-1])}", file=sys.stderr, flush=True)
-        results[name] = summarize(runs)
+        results[name] = summarize(runs) | {"unlabeled_images": _unlabeled_images(data)}
     _emit(results, args.json)
     print(f"quality: runs and log in {work}", file=sys.stderr)
     return 0

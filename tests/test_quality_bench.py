@@ -87,12 +87,20 @@ def test_summary_without_the_control_has_no_control_row(capsys):
     assert "pseudo-labels add" not in table and "MPL feedback adds" not in table
 
 
-def _output(runs: list[dict], *, control: str | None = None, overrides: list[str] | None = None) -> dict:
+def _output(
+    runs: list[dict],
+    *,
+    control: str | None = None,
+    overrides: list[str] | None = None,
+    unlabeled_fraction: float = 1.0,
+) -> dict:
     """What `benchmarks/quality.py --json` prints for these runs of the photos."""
     quality = load_benchmark("quality")
     config = {"seeds": [r["seed"] for r in runs], "iterations": len(runs[0]["per_iteration"]) - 1,
-              "overrides": overrides or [], "control": control, "mpl_control": None}  # fmt: skip
-    return {"config": config, "photos": quality.summarize(runs)}
+              "overrides": overrides or [], "control": control, "mpl_control": None,
+              "unlabeled_fraction": unlabeled_fraction}  # fmt: skip
+    pool = round(1707 * unlabeled_fraction)
+    return {"config": config, "photos": quality.summarize(runs) | {"unlabeled_images": pool}}
 
 
 def test_merge_pools_seeds_run_on_different_days_into_one_summary():
@@ -106,23 +114,43 @@ def test_merge_pools_seeds_run_on_different_days_into_one_summary():
     for method in ("supervised", "noisy_student", "mpl"):
         assert merged["photos"][method] == expected[method]
     assert [r["seed"] for r in merged["photos"]["runs"]] == [0, 1]
+    assert merged["photos"]["unlabeled_images"] == 1707  # the pool both outputs drew from
+
+
+def test_merge_accepts_outputs_from_before_the_unlabeled_fraction_was_recorded():
+    quality = load_benchmark("quality")
+    seed0, seed1 = _two_seeds()
+    old = _output([seed0])
+    del old["config"]["unlabeled_fraction"], old["photos"]["unlabeled_images"]  # an older --json
+    merged = quality.merge_results([old, _output([seed1])])
+    assert merged["config"]["seeds"] == [0, 1] and "unlabeled_images" not in merged["photos"]
+
+
+def test_table_says_how_many_unlabeled_images_the_runs_drew_from(capsys):
+    quality = load_benchmark("quality")
+    quality.print_table({"photos": _output(_two_seeds(), unlabeled_fraction=0.5)["photos"]})
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "unlabeled pool" in ln)
+    assert line.endswith(" 854 images")
 
 
 @pytest.mark.parametrize(
-    ("second_seed", "second_overrides", "field"),
+    ("second_seed", "second_overrides", "fraction", "field"),
     [
-        (0, [], "config.seeds"),  # the same seed twice would count it double
-        (1, ["student.steps=800"], "config.overrides"),  # a different recipe is not more seeds
+        (0, [], 1.0, "config.seeds"),  # the same seed twice would count it double
+        (1, ["student.steps=800"], 1.0, "config.overrides"),  # a different recipe is not more seeds
+        (1, [], 0.5, "config.unlabeled_fraction"),  # a smaller pool is another point of a curve
     ],
 )
 def test_merge_refuses_outputs_that_cannot_be_pooled_naming_the_field(
-    tmp_path, second_seed, second_overrides, field
+    tmp_path, second_seed, second_overrides, fraction, field
 ):
     runs = _two_seeds()
     first = tmp_path / "a.json"
     first.write_text(json.dumps(_output([runs[0]])))
     other = tmp_path / "b.json"
-    other.write_text(json.dumps(_output([runs[second_seed]], overrides=second_overrides)))
+    other.write_text(
+        json.dumps(_output([runs[second_seed]], overrides=second_overrides, unlabeled_fraction=fraction))
+    )
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / "quality.py"), "--merge", str(first), str(other)],
         capture_output=True, text=True, check=False,
@@ -139,3 +167,19 @@ def test_merge_of_a_file_that_is_not_a_benchmark_output_says_which_file(tmp_path
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert done.returncode == 2 and str(bad) in done.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--unlabeled-fraction", "1.5"], "--unlabeled-fraction must be in (0, 1]"),
+        (["--unlabeled-fraction", "0.5", "--only", "digits"], "give --data an .npz"),
+    ],
+)
+def test_an_unlabeled_fraction_it_cannot_apply_is_refused_before_anything_trains(tmp_path, args, says):
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "quality.py"), "--keep", str(tmp_path / "work"), *args],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and says in done.stderr.splitlines()[-1]
+    assert not (tmp_path / "work").exists()  # refused before any data set was built

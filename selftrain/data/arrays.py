@@ -57,6 +57,23 @@ def split_per_class(
     return {k: np.sort(np.array(v, dtype=np.int64)) for k, v in parts.items()}
 
 
+def evenly_per_class(idx: np.ndarray, labels: np.ndarray, fraction: float) -> np.ndarray:
+    """About `fraction` of `idx`, spread evenly over each class's sorted members (the first kept).
+
+    For learning curves over the unlabeled pool's size: the kept images of a smaller fraction
+    that divides a larger one (1/4 and 1/2) are a subset of it, and the class mix stays the
+    source's, so a curve measures how many unlabeled images there are, not which.
+    """
+    if not 0 < fraction <= 1:
+        raise SelftrainError(f"unlabeled_fraction: must be in (0, 1] (got {fraction})")
+    keep: list[np.ndarray] = []
+    for c in np.unique(labels[idx]):
+        members = np.sort(idx[labels[idx] == c])
+        steps = np.floor(np.arange(-1, len(members)) * fraction)  # step -1 first: member 0 is kept
+        keep.append(members[np.diff(steps) > 0])
+    return np.sort(np.concatenate(keep)) if keep else idx
+
+
 def write_imagefolder(
     images: np.ndarray,
     labels: np.ndarray,
@@ -66,10 +83,17 @@ def write_imagefolder(
     labels_per_class: int,
     test_fraction: float = 0.3,
     seed: int = 0,
+    unlabeled_fraction: float = 1.0,
 ) -> dict[str, int]:
-    """Write `out/{labeled,test,unlabeled}/<class>/<index>.png`; returns the count per split."""
+    """Write `out/{labeled,test,unlabeled}/<class>/<index>.png`; returns the count per split.
+
+    `unlabeled_fraction` < 1 writes that share of the unlabeled split only (`evenly_per_class`);
+    labeled and test stay exactly the full split's, so runs differ in the pool alone.
+    """
     out = Path(out)
     parts = split_per_class(labels, labels_per_class, test_fraction, seed)
+    if unlabeled_fraction != 1.0:
+        parts["unlabeled"] = evenly_per_class(parts["unlabeled"], labels, unlabeled_fraction)
     for split, idx in parts.items():
         for i in idx:
             folder = out / split / classes[labels[i]]
