@@ -62,6 +62,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # the repository, not benchmarks/, first
 
 from selftrain.data.arrays import load_npz_images, write_imagefolder  # noqa: E402
+from selftrain.data.dataset_info import load_dataset  # noqa: E402
 
 DEV_PHOTOS = ROOT.parent / "shared" / "data" / "cifar10-dev-2796.npz"
 METHODS = ("supervised", "noisy_student", "no_pseudo_labels", "mpl", "mpl_no_feedback")
@@ -106,12 +107,6 @@ def build_photos(
         "--test", str(tree / "test"), "--out", str(out), "--unlabeled-truth", log=log,
     )  # fmt: skip
     return out
-
-
-def _unlabeled_images(data: Path) -> int:
-    """The unlabeled pool the runs drew from (what a learning curve over it is plotted against)."""
-    shards = json.loads((data / "dataset.json").read_text())["splits"]["unlabeled"]["shards"]
-    return sum(s["samples"] for s in shards)
 
 
 def _ns_rows(run: Path) -> list[dict]:
@@ -233,18 +228,14 @@ def merge_results(outputs: list[dict]) -> dict:
     if not outputs:
         raise ValueError("nothing to merge")
     config = dict(outputs[0]["config"])
+    unset = {"unlabeled_fraction": 1.0}  # outputs from before the key was recorded used the whole pool
     for other in outputs[1:]:
-        for key in ("iterations", "overrides"):
-            if other["config"].get(key) != config.get(key):
+        for key in ("iterations", "overrides", "unlabeled_fraction"):
+            mine, theirs = config.get(key, unset.get(key)), other["config"].get(key, unset.get(key))
+            if theirs != mine:
                 raise ValueError(
-                    f"config.{key} differs ({config.get(key)!r} vs {other['config'].get(key)!r}): "
-                    "runs of different settings cannot be pooled"
+                    f"config.{key} differs ({mine!r} vs {theirs!r}): runs of different settings cannot be pooled"
                 )
-    fractions = {o["config"].get("unlabeled_fraction", 1.0) for o in outputs}  # older outputs: all
-    if len(fractions) > 1:
-        raise ValueError(
-            f"config.unlabeled_fraction differs ({sorted(fractions)}): runs on different pools cannot be pooled"
-        )
     seeds = [s for o in outputs for s in o["config"]["seeds"]]
     repeated = sorted(s for s, n in collections.Counter(seeds).items() if n > 1)
     if repeated:
@@ -380,7 +371,8 @@ def main() -> int:
                 run_seed(data, work / name, seed, args.iterations, args.extra, log, control, args.mpl_control)
             )
             print(f"quality: {name} seed {seed}: {json.dumps(runs[-1])}", file=sys.stderr, flush=True)
-        results[name] = summarize(runs) | {"unlabeled_images": _unlabeled_images(data)}
+        # the pool the runs drew from: what a learning curve over its size is plotted against
+        results[name] = summarize(runs) | {"unlabeled_images": load_dataset(data).count("unlabeled")}
     _emit(results, args.json)
     print(f"quality: runs and log in {work}", file=sys.stderr)
     return 0
