@@ -7,6 +7,7 @@
     .venv/bin/python benchmarks/quality.py --data DATASET_DIR    # an imported data set instead
     .venv/bin/python benchmarks/quality.py --merge A.json B.json # one table from earlier --json runs
     .venv/bin/python benchmarks/quality.py --only photos --unlabeled-fraction 0.5  # half the pool
+    .venv/bin/python benchmarks/quality.py --only photos --labels-per-class 10     # fewer labels
 
 Each method runs as a user runs it: `selftrain run noisy-student --iterations 3` (its iteration 0
 is the supervised teacher, the baseline) and `selftrain run meta-pseudo-labels` (finetuned
@@ -32,11 +33,15 @@ JSON: {"<data set>": {"<method>": {"test_accuracy_mean", "test_accuracy_std", "m
 "test_accuracy": [per seed], ...}, ...}, "config": {...}}; NS also lists `per_iteration_mean`,
 `seeds_rising_every_iteration` and, with the control, `pseudo_label_gain_points_mean`; with
 `--mpl-control`, `mpl_no_feedback` and `mpl.feedback_gain_points_mean`; each data set also
-gives `unlabeled_images`, the pool its runs drew from.
+gives `labeled_images`, `val_images` and `unlabeled_images`, the splits its runs trained on (the
+import holds a val split out of the labels only from 1,000 labels up).
 
 `--unlabeled-fraction F` (photos from an .npz) imports only that share of the unlabeled pool,
 evenly per class, with labeled and test exactly as at 1: one point of a learning curve over the
 pool's size, for telling whether more unlabeled photos would help a method.
+`--labels-per-class N` (photos from an .npz) is a point of the curve over the labels: the test
+split stays the same images for every N, a smaller N's labels are a subset of a larger N's, and
+the images no N labels go to the unlabeled pool.
 
 `--merge` trains nothing: it pools the per-seed runs of earlier `--json` outputs (say seeds 0-2
 one day, 3-4 the next, within a CPU's time window) into one summary, as if one invocation had run
@@ -68,6 +73,8 @@ DEV_PHOTOS = ROOT.parent / "shared" / "data" / "cifar10-dev-2796.npz"
 METHODS = ("supervised", "noisy_student", "no_pseudo_labels", "mpl", "mpl_no_feedback")
 CONTROL = "student.pseudo_loss_weight=0"
 MPL_CONTROL = "mpl.feedback_weight=0"
+DEFAULT_LABELS_PER_CLASS = 25
+SPLIT_COUNTS = ("labeled_images", "val_images", "unlabeled_images")  # per data set, in the JSON
 MINUTES = {"supervised": "ns_minutes", "noisy_student": "ns_minutes", "no_pseudo_labels": "control_minutes",
            "mpl": "mpl_minutes", "mpl_no_feedback": "mpl_control_minutes"}  # fmt: skip
 
@@ -97,7 +104,9 @@ def build_photos(
     if (source / "dataset.json").is_file():
         return source
     images, labels, classes = load_npz_images(source)
-    name = "photos" if unlabeled_fraction == 1.0 else f"photos-unlabeled{unlabeled_fraction:g}"
+    # each split its own folder: a kept work folder reused for another point never mixes two trees
+    name = "photos" + (f"-labels{labels_per_class}" if labels_per_class != DEFAULT_LABELS_PER_CLASS else "")
+    name += f"-unlabeled{unlabeled_fraction:g}" if unlabeled_fraction != 1.0 else ""
     tree = work / f"{name}-tree"
     write_imagefolder(images, labels, classes, tree, labels_per_class=labels_per_class, seed=0,
                       unlabeled_fraction=unlabeled_fraction)  # fmt: skip
@@ -228,9 +237,10 @@ def merge_results(outputs: list[dict]) -> dict:
     if not outputs:
         raise ValueError("nothing to merge")
     config = dict(outputs[0]["config"])
-    unset = {"unlabeled_fraction": 1.0}  # outputs from before the key was recorded used the whole pool
+    # outputs from before these keys were recorded used the whole pool and 25 labels per class
+    unset = {"unlabeled_fraction": 1.0, "labels_per_class": DEFAULT_LABELS_PER_CLASS}
     for other in outputs[1:]:
-        for key in ("iterations", "overrides", "unlabeled_fraction"):
+        for key in ("iterations", "overrides", "unlabeled_fraction", "labels_per_class"):
             mine, theirs = config.get(key, unset.get(key)), other["config"].get(key, unset.get(key))
             if theirs != mine:
                 raise ValueError(
@@ -255,9 +265,10 @@ def merge_results(outputs: list[dict]) -> dict:
             )
         runs = sorted((r for o in outputs for r in o[name]["runs"]), key=lambda r: r["seed"])
         merged[name] = summarize(runs)
-        pools = {o[name].get("unlabeled_images") for o in outputs}
-        if len(pools) == 1 and None not in pools:
-            merged[name]["unlabeled_images"] = pools.pop()
+        for split in SPLIT_COUNTS:  # kept where every output recorded the same count
+            counts = {o[name].get(split) for o in outputs}
+            if len(counts) == 1 and None not in counts:
+                merged[name][split] = counts.pop()
     return merged
 
 
@@ -281,6 +292,10 @@ def print_table(results: dict) -> None:
         rising = methods["noisy_student"]["seeds_rising_every_iteration"]
         print(f"{data:<10} {'NS per iteration (mean)':<24} {per_iter}  (rising every iteration in "
               f"{rising} of {len(methods['runs'])} seeds)")  # fmt: skip
+        if "labeled_images" in methods:
+            print(
+                f"{data:<10} {'labels (val)':<24} {methods['labeled_images']} ({methods['val_images']}) images"
+            )
         if "unlabeled_images" in methods:
             print(f"{data:<10} {'unlabeled pool':<24} {methods['unlabeled_images']} images")
         if "pseudo_label_gain_points_mean" in methods["noisy_student"]:
@@ -305,7 +320,8 @@ def main() -> int:
     p.add_argument("--first-seed", type=int, default=0, help="seeds run from here (default 0: seeds 0..N-1)")
     p.add_argument("--data", type=Path, default=DEV_PHOTOS, help="photos: an .npz or an imported data set")
     p.add_argument("--only", choices=["digits", "photos"], help="run one data set only")
-    p.add_argument("--labels-per-class", type=int, default=25, help="photos from an .npz (default 25)")
+    p.add_argument("--labels-per-class", type=int, default=None,
+                   help="photos from an .npz: labels per class (default 25); the test split stays the same")  # fmt: skip
     p.add_argument("--unlabeled-fraction", type=float, default=1.0,
                    help="photos from an .npz: keep this share of the unlabeled pool, evenly per class; "
                    "labeled and test unchanged (default 1: a learning curve over the pool's size)")  # fmt: skip
@@ -338,9 +354,15 @@ def main() -> int:
         p.error("--seeds must be at least 1 and --first-seed at least 0")
     if not 0 < args.unlabeled_fraction <= 1:
         p.error(f"--unlabeled-fraction must be in (0, 1] (got {args.unlabeled_fraction})")
-    if args.unlabeled_fraction != 1 and (args.only == "digits" or (args.data / "dataset.json").is_file()):
-        p.error("--unlabeled-fraction subsamples photos from an .npz before the import; "
-                "give --data an .npz (not an imported data set) and do not pass --only digits")  # fmt: skip
+    if args.labels_per_class is not None and args.labels_per_class < 1:
+        p.error(f"--labels-per-class must be at least 1 (got {args.labels_per_class})")
+    from_npz = args.only != "digits" and not (args.data / "dataset.json").is_file()
+    for flag, given in (("--unlabeled-fraction", args.unlabeled_fraction != 1),
+                        ("--labels-per-class", args.labels_per_class is not None)):  # fmt: skip
+        if given and not from_npz:
+            p.error(f"{flag} splits photos from an .npz before the import; "
+                    "give --data an .npz (not an imported data set) and do not pass --only digits")  # fmt: skip
+    labels_per_class = args.labels_per_class or DEFAULT_LABELS_PER_CLASS
 
     os.environ.setdefault("TQDM_DISABLE", "1")
     work = args.keep or Path(tempfile.mkdtemp(prefix="selftrain-quality-"))
@@ -350,7 +372,8 @@ def main() -> int:
     results: dict = {"config": {"seeds": list(seeds), "iterations": args.iterations, "overrides": args.extra,
                                 "control": None if args.no_control else CONTROL,
                                 "mpl_control": MPL_CONTROL if args.mpl_control else None,
-                                "unlabeled_fraction": args.unlabeled_fraction}}  # fmt: skip
+                                "unlabeled_fraction": args.unlabeled_fraction,
+                                "labels_per_class": labels_per_class}}  # fmt: skip
     sets: list[tuple[str, Path]] = []
     if args.only in (None, "digits"):
         digits = work / "digits"
@@ -359,7 +382,7 @@ def main() -> int:
         sets.append(("digits", digits))
     if args.only in (None, "photos"):
         if args.data.exists():
-            photos = build_photos(args.data, work, args.labels_per_class, log, args.unlabeled_fraction)
+            photos = build_photos(args.data, work, labels_per_class, log, args.unlabeled_fraction)
             sets.append(("photos", photos))
         else:
             print(f"quality: {args.data} not found; photos skipped", file=sys.stderr)
@@ -371,8 +394,11 @@ def main() -> int:
                 run_seed(data, work / name, seed, args.iterations, args.extra, log, control, args.mpl_control)
             )
             print(f"quality: {name} seed {seed}: {json.dumps(runs[-1])}", file=sys.stderr, flush=True)
-        # the pool the runs drew from: what a learning curve over its size is plotted against
-        results[name] = summarize(runs) | {"unlabeled_images": load_dataset(data).count("unlabeled")}
+        # the splits the runs trained on: what a learning curve over either size is plotted against
+        dataset = load_dataset(data)
+        results[name] = summarize(runs) | {
+            split: dataset.count(split.removesuffix("_images")) for split in SPLIT_COUNTS
+        }
     _emit(results, args.json)
     print(f"quality: runs and log in {work}", file=sys.stderr)
     return 0

@@ -93,14 +93,17 @@ def _output(
     control: str | None = None,
     overrides: list[str] | None = None,
     unlabeled_fraction: float = 1.0,
+    labels_per_class: int = 25,
 ) -> dict:
     """What `benchmarks/quality.py --json` prints for these runs of the photos."""
     quality = load_benchmark("quality")
     config = {"seeds": [r["seed"] for r in runs], "iterations": len(runs[0]["per_iteration"]) - 1,
               "overrides": overrides or [], "control": control, "mpl_control": None,
-              "unlabeled_fraction": unlabeled_fraction}  # fmt: skip
-    pool = round(1707 * unlabeled_fraction)
-    return {"config": config, "photos": quality.summarize(runs) | {"unlabeled_images": pool}}
+              "unlabeled_fraction": unlabeled_fraction, "labels_per_class": labels_per_class}  # fmt: skip
+    labeled = labels_per_class * 10
+    pool = round((1957 - labeled) * unlabeled_fraction)
+    counts = {"labeled_images": labeled, "val_images": 0, "unlabeled_images": pool}
+    return {"config": config, "photos": quality.summarize(runs) | counts}
 
 
 def test_merge_pools_seeds_run_on_different_days_into_one_summary():
@@ -114,42 +117,57 @@ def test_merge_pools_seeds_run_on_different_days_into_one_summary():
     for method in ("supervised", "noisy_student", "mpl"):
         assert merged["photos"][method] == expected[method]
     assert [r["seed"] for r in merged["photos"]["runs"]] == [0, 1]
-    assert merged["photos"]["unlabeled_images"] == 1707  # the pool both outputs drew from
+    # the splits both outputs trained on
+    assert [merged["photos"][k] for k in quality.SPLIT_COUNTS] == [250, 0, 1707]
 
 
-def test_merge_accepts_outputs_from_before_the_unlabeled_fraction_was_recorded():
+def test_merge_accepts_outputs_from_before_the_split_sizes_were_recorded():
     quality = load_benchmark("quality")
     seed0, seed1 = _two_seeds()
     old = _output([seed0])
-    del old["config"]["unlabeled_fraction"], old["photos"]["unlabeled_images"]  # an older --json
-    merged = quality.merge_results([old, _output([seed1])])
-    assert merged["config"]["seeds"] == [0, 1] and "unlabeled_images" not in merged["photos"]
+    del old["config"]["unlabeled_fraction"], old["config"]["labels_per_class"]  # an older --json
+    for split in quality.SPLIT_COUNTS:
+        del old["photos"][split]
+    merged = quality.merge_results([old, _output([seed1])])  # older outputs: 25 per class, whole pool
+    assert merged["config"]["seeds"] == [0, 1]
+    assert not set(quality.SPLIT_COUNTS) & merged["photos"].keys()  # counts only one output recorded
+    with pytest.raises(ValueError, match=r"config\.labels_per_class differs \(25 vs 10\)"):
+        quality.merge_results([old, _output([seed1], labels_per_class=10)])
 
 
-def test_table_says_how_many_unlabeled_images_the_runs_drew_from(capsys):
+def test_table_says_how_many_labeled_and_unlabeled_images_the_runs_trained_on(capsys):
     quality = load_benchmark("quality")
     quality.print_table({"photos": _output(_two_seeds(), unlabeled_fraction=0.5)["photos"]})
-    line = next(ln for ln in capsys.readouterr().out.splitlines() if "unlabeled pool" in ln)
-    assert line.endswith(" 854 images")
+    lines = capsys.readouterr().out.splitlines()
+    assert next(ln for ln in lines if "unlabeled pool" in ln).endswith(" 854 images")
+    assert next(ln for ln in lines if "labels (val)" in ln).endswith(" 250 (0) images")
 
 
 @pytest.mark.parametrize(
-    ("second_seed", "second_overrides", "fraction", "field"),
+    ("second_seed", "second_overrides", "fraction", "labels", "field"),
     [
-        (0, [], 1.0, "config.seeds"),  # the same seed twice would count it double
-        (1, ["student.steps=800"], 1.0, "config.overrides"),  # a different recipe is not more seeds
-        (1, [], 0.5, "config.unlabeled_fraction"),  # a smaller pool is another point of a curve
+        (0, [], 1.0, 25, "config.seeds"),  # the same seed twice would count it double
+        (1, ["student.steps=800"], 1.0, 25, "config.overrides"),  # a different recipe is not more seeds
+        (1, [], 0.5, 25, "config.unlabeled_fraction"),  # a smaller pool is another point of a curve
+        (1, [], 1.0, 100, "config.labels_per_class"),  # so are more labels
     ],
 )
 def test_merge_refuses_outputs_that_cannot_be_pooled_naming_the_field(
-    tmp_path, second_seed, second_overrides, fraction, field
+    tmp_path, second_seed, second_overrides, fraction, labels, field
 ):
     runs = _two_seeds()
     first = tmp_path / "a.json"
     first.write_text(json.dumps(_output([runs[0]])))
     other = tmp_path / "b.json"
     other.write_text(
-        json.dumps(_output([runs[second_seed]], overrides=second_overrides, unlabeled_fraction=fraction))
+        json.dumps(
+            _output(
+                [runs[second_seed]],
+                overrides=second_overrides,
+                unlabeled_fraction=fraction,
+                labels_per_class=labels,
+            )
+        )
     )
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / "quality.py"), "--merge", str(first), str(other)],
@@ -174,9 +192,11 @@ def test_merge_of_a_file_that_is_not_a_benchmark_output_says_which_file(tmp_path
     [
         (["--unlabeled-fraction", "1.5"], "--unlabeled-fraction must be in (0, 1]"),
         (["--unlabeled-fraction", "0.5", "--only", "digits"], "give --data an .npz"),
+        (["--labels-per-class", "0"], "--labels-per-class must be at least 1"),
+        (["--labels-per-class", "10", "--only", "digits"], "--labels-per-class splits photos from an .npz"),
     ],
 )
-def test_an_unlabeled_fraction_it_cannot_apply_is_refused_before_anything_trains(tmp_path, args, says):
+def test_a_split_it_cannot_apply_is_refused_before_anything_trains(tmp_path, args, says):
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / "quality.py"), "--keep", str(tmp_path / "work"), *args],
         capture_output=True, text=True, check=False,

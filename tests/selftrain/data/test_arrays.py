@@ -49,3 +49,20 @@ def test_a_smaller_unlabeled_pool_leaves_labeled_and_test_exactly_as_they_were(t
         assert _files(tmp_path / "half", split) == _files(tmp_path / "full", split)
     full_pool, half_pool = _files(tmp_path / "full", "unlabeled"), _files(tmp_path / "half", "unlabeled")
     assert len(half_pool) == 15 and half_pool.items() <= full_pool.items()
+
+
+def test_fewer_labels_per_class_keep_the_test_split_and_a_subset_of_the_labels(tmp_path):
+    """A curve over labels per class: every point scored on the same test images, and the labels
+    a smaller point drops go to its unlabeled pool, so points differ in how many photos are labeled."""
+    images, labels, classes = _photos()
+    few = write_imagefolder(images, labels, classes, tmp_path / "few", labels_per_class=2)
+    more = write_imagefolder(images, labels, classes, tmp_path / "more", labels_per_class=5)
+    assert few == {"labeled": 6, "test": 18, "unlabeled": 36}
+    assert more == {"labeled": 15, "test": 18, "unlabeled": 27}
+    assert _files(tmp_path / "few", "test") == _files(tmp_path / "more", "test")
+    few_labeled, more_labeled = _files(tmp_path / "few", "labeled"), _files(tmp_path / "more", "labeled")
+    assert few_labeled.items() <= more_labeled.items()
+    dropped = more_labeled.keys() - few_labeled.keys()
+    assert {k.replace("labeled/", "unlabeled/", 1) for k in dropped} <= _files(
+        tmp_path / "few", "unlabeled"
+    ).keys()
