@@ -64,8 +64,21 @@ def test_an_mpl_gain_carried_by_the_finetune_alone_is_named_so():
     # photos, seed 1 (session 12): teacher 41.95%, MPL student 37.54%, finetuned 43.98%
     rows = [_row(0, 0.4195), _row(1, 0.3659, role="mpl-teacher"), _row(2, 0.3754, role="mpl-student")]
     rows.append(_row(3, 0.4398, role="mpl-finetuned"))
-    (note,) = gain_notes(rows)
+    teacher_note, note = gain_notes(rows)
     assert "read 37.54%, 4.41 points below its teacher" in note and "to 43.98%" in note
+    assert "MPL teacher ended at 36.59%, 5.36 points below the supervised teacher" in teacher_note
+
+
+@pytest.mark.parametrize(("mpl_teacher", "said"), [(0.2551, True), (0.3200, False), (0.36, False)])
+def test_an_mpl_teacher_that_fell_beyond_the_test_noise_is_named(mpl_teacher, said):
+    # photos with 10 labels per class, seed 0 (session 40): teacher 32.54%, MPL teacher 25.51%;
+    # a fall of 0.54 points is inside one standard error (1.62 points on 839 images)
+    rows = [_row(0, 0.3254), _row(1, mpl_teacher, role="mpl-teacher"), _row(2, 0.40, role="mpl-student")]
+    rows.append(_row(3, 0.42, role="mpl-finetuned"))
+    notes = gain_notes(rows)
+    assert any("MPL teacher ended at" in n for n in notes) is said
+    if said:
+        assert "25.51%, 7.03 points below the supervised teacher" in notes[0] and "noisy-student" in notes[0]
 
 
 def test_an_mpl_student_above_its_teacher_gets_no_note():
