@@ -68,6 +68,7 @@ sys.path[0] = str(ROOT)  # the repository, not benchmarks/, first
 
 from selftrain.data.arrays import load_npz_images, write_imagefolder  # noqa: E402
 from selftrain.data.dataset_info import load_dataset  # noqa: E402
+from selftrain.errors import SelftrainError  # noqa: E402
 
 DEV_PHOTOS = ROOT.parent / "shared" / "data" / "cifar10-dev-2796.npz"
 METHODS = ("supervised", "noisy_student", "no_pseudo_labels", "mpl", "mpl_no_feedback")
@@ -382,7 +383,10 @@ def main() -> int:
         sets.append(("digits", digits))
     if args.only in (None, "photos"):
         if args.data.exists():
-            photos = build_photos(args.data, work, labels_per_class, log, args.unlabeled_fraction)
+            try:  # a bad .npz or more labels per class than it holds: one line, before any training
+                photos = build_photos(args.data, work, labels_per_class, log, args.unlabeled_fraction)
+            except SelftrainError as exc:
+                p.error(str(exc))
             sets.append(("photos", photos))
         else:
             print(f"quality: {args.data} not found; photos skipped", file=sys.stderr)

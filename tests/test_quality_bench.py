@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.helpers import BENCHMARKS, load_benchmark
@@ -203,3 +204,18 @@ def test_a_split_it_cannot_apply_is_refused_before_anything_trains(tmp_path, arg
     )  # fmt: skip
     assert done.returncode == 2 and says in done.stderr.splitlines()[-1]
     assert not (tmp_path / "work").exists()  # refused before any data set was built
+
+
+def test_more_labels_per_class_than_the_photos_hold_is_one_line_naming_the_count(tmp_path):
+    photos = tmp_path / "photos.npz"
+    rng = np.random.default_rng(0)
+    np.savez(photos, images=rng.integers(0, 256, (20, 4, 4, 3), dtype=np.uint8),
+             labels=np.repeat([0, 1], 10), classes=np.array(["cat", "dog"]))  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "quality.py"), "--only", "photos", "--data", str(photos),
+         "--labels-per-class", "8", "--keep", str(tmp_path / "work")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "labels_per_class 8: class 0 has only 7 images outside test" in done.stderr.splitlines()[-1]
+    assert not (tmp_path / "work" / "photos-labels8").exists()  # nothing imported
