@@ -75,7 +75,8 @@ METHODS = ("supervised", "noisy_student", "no_pseudo_labels", "mpl", "mpl_no_fee
 CONTROL = "student.pseudo_loss_weight=0"
 MPL_CONTROL = "mpl.feedback_weight=0"
 DEFAULT_LABELS_PER_CLASS = 25
-SPLIT_COUNTS = ("labeled_images", "val_images", "unlabeled_images")  # per data set, in the JSON
+# per data set in the JSON: key -> the split it counts
+SPLIT_COUNTS = {"labeled_images": "labeled", "val_images": "val", "unlabeled_images": "unlabeled"}
 MINUTES = {"supervised": "ns_minutes", "noisy_student": "ns_minutes", "no_pseudo_labels": "control_minutes",
            "mpl": "mpl_minutes", "mpl_no_feedback": "mpl_control_minutes"}  # fmt: skip
 
@@ -400,9 +401,7 @@ def main() -> int:
             print(f"quality: {name} seed {seed}: {json.dumps(runs[-1])}", file=sys.stderr, flush=True)
         # the splits the runs trained on: what a learning curve over either size is plotted against
         dataset = load_dataset(data)
-        results[name] = summarize(runs) | {
-            split: dataset.count(split.removesuffix("_images")) for split in SPLIT_COUNTS
-        }
+        results[name] = summarize(runs) | {key: dataset.count(split) for key, split in SPLIT_COUNTS.items()}
     _emit(results, args.json)
     print(f"quality: runs and log in {work}", file=sys.stderr)
     return 0

@@ -177,21 +177,24 @@ def gain_notes(done: list[dict[str, Any]]) -> list[str]:
             f"the gain ({gain:+.2f} points) is within the test split's noise (one standard error: "
             f"{noise:.2f} points on {teacher['test_count']} images)"
         )
-    mpl_teacher = next((r for r in done if r.get("role") == "mpl-teacher"), None)
-    if mpl_teacher is not None and mpl_teacher.get("test_accuracy") is not None:
-        fell = (teacher["test_accuracy"] - mpl_teacher["test_accuracy"]) * 100
+    below = {  # MPL's joint-stage models, points under the supervised teacher
+        r["role"]: (r["test_accuracy"], (teacher["test_accuracy"] - r["test_accuracy"]) * 100)
+        for r in done
+        if r.get("role") in ("mpl-teacher", "mpl-student") and r.get("test_accuracy") is not None
+    }
+    if "mpl-teacher" in below:
+        acc, fell = below["mpl-teacher"]
         if noise is not None and fell > noise:  # the student learns from this teacher's labels
             notes.append(
-                f"the MPL teacher ended at {mpl_teacher['test_accuracy'] * 100:.2f}%, {fell:.2f} points below "
+                f"the MPL teacher ended at {acc * 100:.2f}%, {fell:.2f} points below "
                 "the supervised teacher: its joint training (UDA on its own confident predictions, the "
                 "student's feedback) lost accuracy on this data; compare `selftrain run noisy-student`"
             )
-    mpl_student = next((r for r in done if r.get("role") == "mpl-student"), None)
-    if mpl_student is not None and mpl_student.get("test_accuracy") is not None:
-        drop = (teacher["test_accuracy"] - mpl_student["test_accuracy"]) * 100
+    if "mpl-student" in below:
+        acc, drop = below["mpl-student"]
         if drop > 0:  # the joint stage is MPL's own contribution; the finetune is plain supervision
             notes.append(
-                f"before its labeled finetune the MPL student read {mpl_student['test_accuracy'] * 100:.2f}%, "
+                f"before its labeled finetune the MPL student read {acc * 100:.2f}%, "
                 f"{drop:.2f} points below its teacher: the joint teacher-student training lowered test "
                 f"accuracy here and the finetune brought it to {final['test_accuracy'] * 100:.2f}%"
             )
