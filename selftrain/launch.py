@@ -56,9 +56,18 @@ ProgressCallback = Callable[[int, int, dict[str, float]], None]
 
 # -- parent side ------------------------------------------------------------------------------
 def training_command(
-    stage: str, run_dir: Path, config_json: Path, nproc: int, iteration: int | None = None
+    stage: str,
+    run_dir: Path,
+    config_json: Path,
+    nproc: int,
+    iteration: int | None = None,
+    log_dir: Path | None = None,
 ) -> list[str]:
-    """The torchrun command line of one training stage (`--standalone`: one node, a free port)."""
+    """The torchrun command line of one training stage (`--standalone`: one node, a free port).
+
+    `log_dir`: where torchrun keeps its per-rank folders; without one it makes a
+    `torchelastic_*` folder in the system temp folder and never removes it, one per stage.
+    """
     if stage not in STAGES:
         raise SelftrainError(f"stage {stage!r}: expected one of {', '.join(STAGES)}")
     cmd = [
@@ -67,6 +76,7 @@ def training_command(
         "torch.distributed.run",
         "--standalone",
         f"--nproc-per-node={nproc}",
+        *([f"--log-dir={log_dir}"] if log_dir is not None else []),
         "-m",
         RANK_MODULE,
         stage,
@@ -227,7 +237,7 @@ def launch_training(
     with tempfile.TemporaryDirectory(prefix="selftrain-launch-") as tmp:
         config_json = Path(tmp) / "config.json"
         config_json.write_text(cfg.model_dump_json())
-        cmd = training_command(stage, run_dir, config_json, nproc, iteration)
+        cmd = training_command(stage, run_dir, config_json, nproc, iteration, log_dir=Path(tmp) / "torchrun")
 
         def forward(line: str) -> None:
             on_line(line)

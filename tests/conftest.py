@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -51,9 +50,9 @@ def digits_dir(digits_master: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def prefect_api():
-    home = tempfile.mkdtemp(prefix="prefect-home-")
-    os.environ["PREFECT_HOME"] = home
+def prefect_api(tmp_path_factory):
+    # under pytest's own temp root, which it prunes: a mkdtemp here was left in /tmp every session
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 

@@ -181,6 +181,8 @@ def test_training_command_is_torchrun_on_this_module(tmp_path):
     cmd = training_command("student", tmp_path / "run", tmp_path / "c.json", 2, iteration=1)
     assert cmd[:5] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     assert cmd[5:8] == ["-m", "commands.train_rank", "student"] and cmd[-2:] == ["--iteration", "1"]
+    logged = training_command("teacher", tmp_path / "run", tmp_path / "c.json", 2, log_dir=tmp_path / "logs")
+    assert logged[5:7] == [f"--log-dir={tmp_path / 'logs'}", "-m"]  # a torchrun option, before the module
     assert progress_of("progress student 1: 12/300 loss 0.5") == (12, 300)
     assert progress_of("[rank 0] INFO selftrain.engine: step 12/300") is None
 

@@ -132,11 +132,14 @@ def test_checkpoint_of_two_ranks_resumes_with_one(digits_master, tmp_path):
     args = ["teacher", "train", "--data", str(digits_master), "--run-dir", str(run)]
     for o in RESUME:
         args += ["--set", o]
+    scratch = tmp_path / "tmp"  # the system temp folder of the launcher and its ranks
+    scratch.mkdir()
     proc = subprocess.Popen(
         [*SELFTRAIN, *args, "--nproc-per-node", "2"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env=dict(os.environ, TMPDIR=str(scratch)),
         # A shell that starts pytest in the background ignores SIGINT, and children inherit that.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
@@ -155,6 +158,10 @@ def test_checkpoint_of_two_ranks_resumes_with_one(digits_master, tmp_path):
     assert not (run / "iter-000" / "model.json").exists()
     time.sleep(1)
     assert _processes_mentioning(str(run)) == [], "a rank outlived the interrupted launcher"
+    # torchrun's per-rank folders and the launch config went with the launcher, interrupted or not
+    assert not [
+        p.name for p in scratch.iterdir() if p.name.startswith(("torchelastic_", "selftrain-launch-"))
+    ]
 
     assert main([*args, "--nproc-per-node", "1"]) == 0
     card = json.loads((run / "iter-000" / "model.json").read_text())
