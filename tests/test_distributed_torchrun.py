@@ -66,7 +66,8 @@ def test_two_gloo_ranks_draw_disjoint_samples_that_cover_each_epoch(digits_maste
     data = _digits(tmp_path)
     script = tmp_path / "ranks.py"
     script.write_text(RANK_SCRIPT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    cmd += [f"--log-dir={tmp_path / 'torchrun'}", str(script)]  # not a torchelastic_* folder left in /tmp
     done = subprocess.run(
         [*cmd, str(digits_master), str(data), str(tmp_path)], capture_output=True, text=True, timeout=300
     )
