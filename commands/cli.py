@@ -79,17 +79,25 @@ def build_parser() -> argparse.ArgumentParser:
         dest="source", required=True
     )
     digits = data.add_parser("digits", help="scikit-learn's bundled digits (1,797 real 8x8 images)")
-    digits.add_argument("--out", required=True, type=Path)
-    digits.add_argument("--labels-per-class", type=int, default=5)
-    digits.add_argument("--seed", type=int, default=0)
-    digits.add_argument("--val-fraction", type=float, default=0.1)
-    digits.add_argument("--test-fraction", type=float, default=0.2)
-    digits.add_argument("--samples-per-shard", type=int, default=256)
+    digits.add_argument("--out", required=True, type=Path, help="new folder for the shards and dataset.json")
+    digits.add_argument(
+        "--labels-per-class", type=int, default=5, help="labeled images per class (default 5)"
+    )
+    digits.add_argument("--seed", type=int, default=0, help="seed of the stratified split (default 0)")
+    digits.add_argument(
+        "--val-fraction", type=float, default=0.1, help="share of all images held out as val (default 0.1)"
+    )
+    digits.add_argument(
+        "--test-fraction", type=float, default=0.2, help="share of all images held out as test (default 0.2)"
+    )
+    digits.add_argument("--samples-per-shard", type=int, default=256, help="images per shard (default 256)")
 
     imp = data.add_parser("import", help="an ImageFolder tree: one subfolder per class")
-    imp.add_argument("--labeled", required=True, type=Path)
+    imp.add_argument("--labeled", required=True, type=Path, help="one subfolder of images per class")
     imp.add_argument("--unlabeled", required=True, type=Path, help="flat or nested folder of images")
-    imp.add_argument("--test", required=True, type=Path)
+    imp.add_argument(
+        "--test", required=True, type=Path, help="one subfolder per class, a subset of --labeled's classes"
+    )
     imp.add_argument(
         "--val-fraction",
         type=_val_fraction,
@@ -98,9 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
         "weights, no val accuracy); default auto: 0.1 from 1,000 labels (100 val images, enough to "
         "choose checkpoints by), else 0",
     )
-    imp.add_argument("--out", required=True, type=Path)
-    imp.add_argument("--seed", type=int, default=0)
-    imp.add_argument("--samples-per-shard", type=int, default=1000)
+    imp.add_argument("--out", required=True, type=Path, help="new folder for the shards and dataset.json")
+    imp.add_argument("--seed", type=int, default=0, help="seed of the val carve-out (default 0)")
+    imp.add_argument("--samples-per-shard", type=int, default=1000, help="images per shard (default 1000)")
     imp.add_argument("--skip-corrupt", action="store_true", help="skip files PIL cannot read")
     imp.add_argument(
         "--unlabeled-truth",
@@ -113,8 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", required=True
     )
     ttrain = teacher.add_parser("train", help="train the teacher (iteration 0) on the labeled shards")
-    ttrain.add_argument("--data", required=True, type=Path)
-    ttrain.add_argument("--run-dir", required=True, type=Path)
+    ttrain.add_argument("--data", required=True, type=Path, help="data set folder (dataset.json + shards)")
+    ttrain.add_argument(
+        "--run-dir", required=True, type=Path, help="created when new; a killed run's teacher is resumed"
+    )
     _add_config_args(ttrain)
     _add_nproc_arg(ttrain)
 
@@ -162,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a training loop in-process (Prefect's local ephemeral API)")
     run.add_argument("loop", choices=["noisy-student", "meta-pseudo-labels"], help="which loop")
     run.add_argument("--data", type=Path, help="data set folder (may be omitted once the run records it)")
-    run.add_argument("--run-dir", required=True, type=Path)
+    run.add_argument(
+        "--run-dir", required=True, type=Path, help="created when new; an existing one is continued"
+    )
     run.add_argument(
         "--iterations",
         type=int,
