@@ -282,6 +282,14 @@ class MPLConfig(_Strict):
         description="Which view of an unlabeled image the teacher labels (its softmax there is the "
         "estimator's distribution); the student always learns on the strong view.",
     )
+    noised_pseudo_labels: bool = Field(
+        True,
+        description="Draw the student's pseudo-labels from the teacher's training forward pass (dropout on, "
+        "batch statistics), as the paper's code does; false = from the un-noised teacher (eval mode), as "
+        "Noisy Student labels, for one more forward pass over the unlabeled batch. The teacher's MPL term "
+        "still raises or lowers its training forward's probability of the drawn label. The photo recipe "
+        "labels un-noised.",
+    )
     baseline_decay: float = Field(
         0.9, ge=0, lt=1, description="Moving-average baseline of the reward; 0 = none."
     )

@@ -65,6 +65,19 @@ def sample_pseudo_labels(teacher_logits_u: torch.Tensor, sample: bool) -> torch.
     return teacher_logits_u.detach().argmax(dim=1)
 
 
+def unnoised_logits(teacher: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The teacher's logits in eval mode (no dropout, running statistics), without a graph.
+
+    Noisy Student's point is that the teacher labels un-noised; MPL's reference code instead samples
+    from the teacher's training forward pass, where dropout and the batch's own statistics (a batch
+    that holds RandAugment-ed images too) blur a weak teacher's labels further. The teacher's MPL
+    term keeps using the training pass's log-probability of the drawn label, a surrogate: the two
+    passes share every weight and differ only by that noise.
+    """
+    with eval_mode(teacher), torch.no_grad():
+        return teacher(x).float()
+
+
 def student_step_feedback(
     student: torch.nn.Module,
     optimizer: torch.optim.Optimizer,

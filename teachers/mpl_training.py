@@ -45,6 +45,7 @@ from teachers.meta_pseudo_labels import (
     student_step_feedback,
     uda_loss,
     uda_weight,
+    unnoised_logits,
 )
 from teachers.supervised import train_supervised
 
@@ -179,8 +180,12 @@ def train_mpl(
         t_sup = F.cross_entropy(t_l, y, label_smoothing=mc.label_smoothing)
         t_uda, mask = uda_loss(t_uw, t_us, temperature=mc.uda_temperature, threshold=mc.uda_threshold)
         w_uda = uda_weight(step, mc.uda_weight, mc.uda_warmup_steps)
-        t_pl = t_uw if mc.pseudo_label_view == "weak" else t_us
-        y_hat = sample_pseudo_labels(t_pl, mc.sample_pseudo_labels)
+        t_pl, x_pl = (t_uw, x_uw) if mc.pseudo_label_view == "weak" else (t_us, x_us)
+        labels_from = t_pl  # the MPL term below always uses t_pl, the pass that carries a graph
+        if not mc.noised_pseudo_labels:
+            with autocast(device):
+                labels_from = unnoised_logits(teacher, x_pl)
+        y_hat = sample_pseudo_labels(labels_from, mc.sample_pseudo_labels)
 
         update = step >= mc.student_wait_steps
         with autocast(device):
@@ -288,6 +293,7 @@ def train_mpl(
             "unlabeled_ratio": mc.unlabeled_ratio,
             "student_wait_steps": mc.student_wait_steps,
             "sample_pseudo_labels": mc.sample_pseudo_labels,
+            "noised_pseudo_labels": mc.noised_pseudo_labels,
             "baseline_decay": mc.baseline_decay,
             "final_baseline": baseline.value,
         },

@@ -20,6 +20,7 @@ from teachers.meta_pseudo_labels import (
     student_step_feedback,
     uda_loss,
     uda_weight,
+    unnoised_logits,
 )
 
 C, D, ETA = 3, 4, 0.5
@@ -167,6 +168,23 @@ def test_feedback_measures_the_step_not_dropout_or_batch_statistics():
         student, torch.optim.SGD(student.parameters(), lr=0.5), x_l, y_l, x_u, torch.randint(0, C, (24,))
     )
     assert h != 0.0, "a real step must still show in h"
+
+
+def test_unnoised_labels_come_without_dropout_or_batch_statistics_and_leave_the_teacher_training():
+    """`mpl.noised_pseudo_labels=false`: the logits the labels are drawn from are the eval-mode
+    forward (the same twice, dropout off, running statistics), carry no graph, and the teacher, which
+    trains on, is left in train mode."""
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(
+        torch.nn.Linear(D, 16), torch.nn.BatchNorm1d(16), torch.nn.Dropout(0.5), torch.nn.Linear(16, C)
+    )
+    x = torch.randn(12, D) * 3 + 1  # batch statistics far from the running ones
+    teacher.train()
+    first, second = unnoised_logits(teacher, x), unnoised_logits(teacher, x)
+    assert teacher.training
+    assert torch.equal(first, second) and not first.requires_grad
+    assert torch.allclose(first, teacher.eval()(x).detach().float())
+    assert not torch.allclose(first, teacher.train()(x).detach().float()), "the training pass is noised"
 
 
 def test_mixing_hook_sees_only_the_pseudo_labeled_batch_and_one_hot_labels(problem):

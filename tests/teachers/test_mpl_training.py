@@ -123,33 +123,32 @@ def test_mpl_student_can_start_from_the_supervised_teacher(mpl_run, tmp_path):
     assert [k for k in supervised if not torch.equal(student[k], supervised[k])] == []
 
 
-def test_pseudo_label_view_decides_what_the_student_learns(mpl_run, tmp_path):
-    """`mpl.pseudo_label_view`: the same seed gives the same student twice, and labels drawn on the
-    weak view instead of the strong one give another student (the option reaches the step)."""
+def test_which_labels_the_student_learns_is_decided_by_view_and_noise(mpl_run, tmp_path):
+    """`mpl.pseudo_label_view` and `mpl.noised_pseudo_labels`: the same seed gives the same student
+    twice, and labels drawn on the weak view instead of the strong one, or from the un-noised
+    teacher instead of its training pass, each give another student (the options reach the step)."""
     from teachers.mpl_training import STUDENT_IT, train_mpl
 
-    def student_after(view: str, name: str) -> dict[str, torch.Tensor]:
+    def student_after(name: str, **update) -> dict[str, torch.Tensor]:
         run = tmp_path / name
         shutil.copytree(mpl_run, run)
         store = RunStore(run)
         store.mark_stage(STUDENT_IT, "train", "interrupted")
         shutil.rmtree(store.iter_dir(STUDENT_IT) / "checkpoints", ignore_errors=True)
         cfg = store.config()
-        mpl = cfg.mpl.model_copy(
-            update={"pseudo_label_view": view, "steps": 4, "student_wait_steps": 0, "ema_decay": 0.0}
-        )
+        mpl = cfg.mpl.model_copy(update={"steps": 4, "student_wait_steps": 0, "ema_decay": 0.0, **update})
         train_mpl(
             store, load_dataset(store.data_dir()), cfg.model_copy(update={"mpl": mpl}), torch.device("cpu")
         )
         return store.load_weights(STUDENT_IT)[0]
 
-    strong, again, weak = (
-        student_after("strong", "a"),
-        student_after("strong", "b"),
-        student_after("weak", "c"),
-    )
+    noised = {"pseudo_label_view": "strong", "noised_pseudo_labels": True}
+    strong, again = student_after("a", **noised), student_after("b", **noised)
+    weak = student_after("c", **{**noised, "pseudo_label_view": "weak"})
+    unnoised = student_after("d", **{**noised, "noised_pseudo_labels": False})
     assert all(torch.equal(strong[k], again[k]) for k in strong)
     assert any(not torch.equal(strong[k], weak[k]) for k in strong)
+    assert any(not torch.equal(strong[k], unnoised[k]) for k in strong)
 
 
 def _joint_stage_again(mpl_run: Path, run: Path, **update) -> RunStore:
