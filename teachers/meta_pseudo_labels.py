@@ -65,8 +65,9 @@ def sample_pseudo_labels(teacher_logits_u: torch.Tensor, sample: bool) -> torch.
     return teacher_logits_u.detach().argmax(dim=1)
 
 
-def unnoised_logits(teacher: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The teacher's logits in eval mode (no dropout, running statistics), without a graph.
+def unnoised_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's logits in eval mode (no dropout, running statistics), without a graph; its mode
+    is restored (as `evaluate` does).
 
     Noisy Student's point is that the teacher labels un-noised; MPL's reference code instead samples
     from the teacher's training forward pass, where dropout and the batch's own statistics (a batch
@@ -74,8 +75,8 @@ def unnoised_logits(teacher: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     term keeps using the training pass's log-probability of the drawn label, a surrogate: the two
     passes share every weight and differ only by that noise.
     """
-    with eval_mode(teacher), torch.no_grad():
-        return teacher(x).float()
+    with eval_mode(model), torch.no_grad():
+        return model(x).float()
 
 
 def student_step_feedback(
@@ -127,9 +128,8 @@ def student_step_feedback(
 
 
 def _eval_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """CE of `model` on (x, y) in eval mode; the model's mode is restored (as `evaluate` does)."""
-    with eval_mode(model), torch.no_grad():
-        return F.cross_entropy(model(x).float(), y).item()
+    """CE of `model` on (x, y) in eval mode."""
+    return F.cross_entropy(unnoised_logits(model, x), y).item()
 
 
 def uda_loss(
