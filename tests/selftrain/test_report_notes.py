@@ -75,6 +75,12 @@ def test_an_mpl_teacher_ahead_of_its_finetuned_student_beyond_the_noise_is_the_m
         assert "59.12%, 2.74 points above the finetuned student" in notes[0] and "--iteration 1" in notes[0]
 
 
+def test_an_mpl_teacher_below_the_supervised_one_is_not_offered_as_the_model_to_keep():
+    rows = [_row(0, 0.60), _row(1, 0.5912, role="mpl-teacher"), _row(2, 0.5387, role="mpl-student")]
+    rows.append(_row(3, 0.5638, role="mpl-finetuned"))
+    assert not [n for n in gain_notes(rows) if "--iteration 1" in n]
+
+
 def test_an_mpl_gain_carried_by_the_finetune_alone_is_named_so():
     # photos, seed 1 (session 12): teacher 41.95%, MPL student 37.54%, finetuned 43.98%
     rows = [_row(0, 0.4195), _row(1, 0.3659, role="mpl-teacher"), _row(2, 0.3754, role="mpl-student")]
