@@ -177,37 +177,39 @@ def gain_notes(done: list[dict[str, Any]]) -> list[str]:
             f"the gain ({gain:+.2f} points) is within the test split's noise (one standard error: "
             f"{noise:.2f} points on {teacher['test_count']} images)"
         )
-    below = {  # MPL's joint-stage models, points under the supervised teacher
-        r["role"]: (r["test_accuracy"], (teacher["test_accuracy"] - r["test_accuracy"]) * 100)
+    joint = {  # MPL's joint-stage models
+        r["role"]: r
         for r in done
         if r.get("role") in ("mpl-teacher", "mpl-student") and r.get("test_accuracy") is not None
     }
-    if "mpl-teacher" in below:
-        acc, fell = below["mpl-teacher"]
+    if "mpl-teacher" in joint:
+        row = joint["mpl-teacher"]
+        acc, fell = row["test_accuracy"], (teacher["test_accuracy"] - row["test_accuracy"]) * 100
         if noise is not None and fell > noise:  # the student learns from this teacher's labels
             notes.append(
                 f"the MPL teacher ended at {acc * 100:.2f}%, {fell:.2f} points below "
                 "the supervised teacher: its joint training (UDA on its own confident predictions, the "
                 "student's feedback) lost accuracy on this data; compare `selftrain run noisy-student`"
             )
-    if "mpl-student" in below:
-        acc, drop = below["mpl-student"]
+    if "mpl-student" in joint:
+        acc = joint["mpl-student"]["test_accuracy"]
+        drop = (teacher["test_accuracy"] - acc) * 100
         if drop > 0:  # the joint stage is MPL's own contribution; the finetune is plain supervision
             notes.append(
                 f"before its labeled finetune the MPL student read {acc * 100:.2f}%, "
                 f"{drop:.2f} points below its teacher: the joint teacher-student training lowered test "
                 f"accuracy here and the finetune brought it to {final['test_accuracy'] * 100:.2f}%"
             )
-    mpl_teacher = next((r for r in done if r.get("role") == "mpl-teacher"), None)
-    if mpl_teacher is not None and mpl_teacher.get("test_accuracy") is not None and noise is not None:
+    if "mpl-teacher" in joint and noise is not None:
         # With 100 labels per class MPL's teacher ended 3.1 points above the supervised one in every
         # seed while the finetuned student (the paper's result) gained 0.9 (docs/results.md).
-        ahead = (mpl_teacher["test_accuracy"] - final["test_accuracy"]) * 100
-        if ahead > noise and mpl_teacher["test_accuracy"] > teacher["test_accuracy"]:  # else 0 is best
+        row = joint["mpl-teacher"]
+        ahead = (row["test_accuracy"] - final["test_accuracy"]) * 100
+        if ahead > noise and row["test_accuracy"] > teacher["test_accuracy"]:  # else 0 is best
             notes.append(
-                f"the MPL teacher (iteration {mpl_teacher['iteration']}) tests "
-                f"{mpl_teacher['test_accuracy'] * 100:.2f}%, {ahead:.2f} points above the finetuned "
-                f"student: predict or export with --iteration {mpl_teacher['iteration']}"
+                f"the MPL teacher (iteration {row['iteration']}) tests {row['test_accuracy'] * 100:.2f}%, "
+                f"{ahead:.2f} points above the finetuned student: predict or export with "
+                f"--iteration {row['iteration']}"
             )
     best = max(students, key=lambda r: (r["test_accuracy"], -r["iteration"]))
     if best["test_accuracy"] > max(final["test_accuracy"], teacher["test_accuracy"]):
