@@ -15,8 +15,12 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from selftrain.errors import SelftrainError
+
+if TYPE_CHECKING:
+    from selftrain.data.dataset_info import DatasetInfo
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -275,6 +279,22 @@ def cmd_data(args: argparse.Namespace) -> None:
         )
     sizes = ", ".join(f"{name} {split.total}" for name, split in info.splits.items())
     print(f"{args.out}: {info.num_classes} classes, {sizes} images")
+    print(_recipe_line(info))
+
+
+def _recipe_line(info: DatasetInfo) -> str:
+    """What a run on this data set will start from, so the user sees it before training."""
+    from selftrain.config import load_config
+    from selftrain.recipes import recipe_for
+
+    recipe = recipe_for(info.channels)
+    size = load_config(None, recipe=recipe, stored_size=info.image_size).data.image_size
+    height, width = info.image_size
+    kind = "colour" if info.channels == 3 else "grayscale"
+    return (
+        f"images mostly {height}x{width} {kind}: runs use the {recipe} recipe (configs/{recipe}.yaml) "
+        f"at {size}x{size} pixels (--set data.image_size=N to change)"
+    )
 
 
 def cmd_teacher(args: argparse.Namespace) -> None:

@@ -23,7 +23,13 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    image_size: int = Field(32, ge=8, le=1024, description="Side in pixels that images are resized to.")
+    image_size: int = Field(
+        32,
+        ge=8,
+        le=1024,
+        description="Side in pixels that images are resized to. The photo recipe sets it from the data "
+        "set: the photos' shorter side, within 32-128.",
+    )
     num_workers: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = Field(
         "auto",
         description="DataLoader worker processes; 0 decodes in the training process. auto: none on "
@@ -501,13 +507,17 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(
-    path: str | Path | None = None, overrides: list[str] | None = None, recipe: str | None = None
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    recipe: str | None = None,
+    stored_size: tuple[int, int] | list[int] | None = None,
 ) -> RunConfig:
-    """File values over the recipe's defaults (the one the file or --set names, else `recipe`)."""
+    """File values over the recipe's defaults (the one the file or --set names, else `recipe`);
+    `stored_size`, the data set's typical image size, sets the photo recipe's input size."""
     from selftrain.recipes import with_recipe
 
     raw = read_yaml(path) if path else {}
-    raw = with_recipe(apply_overrides(raw, overrides or []), recipe)
+    raw = with_recipe(apply_overrides(raw, overrides or []), recipe, stored_size)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:

@@ -100,18 +100,41 @@ _PHOTOS: dict[str, Any] = {
 
 RECIPES: dict[str, dict[str, Any]] = {"digits": _DIGITS, "photos": _PHOTOS}
 
+# The photo recipe trains at the photos' own size (their shorter side), within these bounds. Below
+# 32 pixels a ResNet's stride-32 stem leaves nothing to pool, so smaller photos are enlarged, as
+# the 8x8 digits are. Above 128 a step costs more than 16 times one at 32 on the same model: a
+# user with larger photos and a GPU sets data.image_size (224 for timm's ImageNet sizes); the
+# tuned figures (docs/results.md) are all at 32, the dev photos' size.
+MIN_PHOTO_SIZE, MAX_PHOTO_SIZE = 32, 128
+
+
+def photo_image_size(stored: tuple[int, int] | list[int] | None) -> int:
+    """`data.image_size` for photos stored at `stored` ([height, width]; 0 or None: unknown)."""
+    short = min(stored) if stored else 0
+    if short <= 0:
+        return MIN_PHOTO_SIZE
+    return min(max(short, MIN_PHOTO_SIZE), MAX_PHOTO_SIZE)
+
 
 def recipe_for(channels: int) -> Recipe:
     """Colour images get the photo recipe; grayscale ones (symbols, scans) the digits recipe."""
     return "photos" if channels == 3 else "digits"
 
 
-def with_recipe(raw: dict[str, Any], default: str | None) -> dict[str, Any]:
-    """`raw` (file + overrides) laid over the recipe it names, else `default`, else digits."""
+def with_recipe(
+    raw: dict[str, Any], default: str | None, stored_size: tuple[int, int] | list[int] | None = None
+) -> dict[str, Any]:
+    """`raw` (file + overrides) laid over the recipe it names, else `default`, else digits.
+
+    `stored_size` is the data set's typical image size: the photo recipe's input size follows it.
+    """
     name = raw.get("recipe") or default or "digits"
     if name not in RECIPES:
         return raw  # validation names the field and the allowed values
-    merged = _deep_merge(copy.deepcopy(RECIPES[name]), raw)
+    base = copy.deepcopy(RECIPES[name])
+    if name == "photos" and stored_size is not None:
+        base["data"] = {**base.get("data", {}), "image_size": photo_image_size(stored_size)}
+    merged = _deep_merge(base, raw)
     merged["recipe"] = name
     return merged
 

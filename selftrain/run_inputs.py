@@ -11,6 +11,7 @@ first thing, so a served deployment run fails on the same inputs with the same l
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,12 @@ from selftrain.device import resolve_device
 from selftrain.errors import SelftrainError
 from selftrain.runstore import RunStore
 from selftrain.stage import no_val_to_choose_by
+
+log = logging.getLogger(__name__)
+
+# Above this input side a CPU run is told what its size costs (a step at 64 pixels costs about
+# 4 times one at 32, the size every CPU figure in docs/results.md was measured at).
+CPU_SIZE_NOTICE = 64
 
 
 @dataclass
@@ -103,7 +110,32 @@ def open_run(run_dir: str, data: str | None = None, config: str | dict | list | 
     config_file, overrides = config_arguments(config)
     cfg = store.open(Path(data), config_file, overrides)
     check_selection(cfg, dataset)
-    return RunContext(store=store, dataset=dataset, cfg=cfg, device=resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    note_input_size(cfg, dataset, device)
+    return RunContext(store=store, dataset=dataset, cfg=cfg, device=device)
+
+
+def note_input_size(cfg: RunConfig, dataset: Dataset, device: torch.device) -> None:
+    """Say at what size the images train when it is not their own, and what a large size costs on
+    a CPU: a user with big photos should know before an hours-long run, not after."""
+    height, width = dataset.info.image_size
+    size = cfg.data.image_size
+    if max(height, width) > size:
+        log.info(
+            "images stored at %dx%d train at %dx%d (data.image_size; --set data.image_size=N to change)",
+            height,
+            width,
+            size,
+            size,
+        )
+    if device.type == "cpu" and size > CPU_SIZE_NOTICE:
+        log.warning(
+            "data.image_size %d on a CPU: each training step costs about %d times one at 32 pixels; "
+            "--set data.image_size=%d trains faster, with less detail",
+            size,
+            round((size / 32) ** 2),
+            CPU_SIZE_NOTICE,
+        )
 
 
 def reopen(run_dir: str, cfg: RunConfig) -> RunContext:

@@ -111,8 +111,10 @@ class RunStore:
         from selftrain.recipes import recipe_for
 
         data_dir = Path(data_dir).resolve()
-        recipe = recipe_for(load_dataset(data_dir).info.channels)
-        requested = load_config(config_file, overrides, recipe=recipe)
+        info = load_dataset(data_dir).info
+        requested = load_config(
+            config_file, overrides, recipe=recipe_for(info.channels), stored_size=info.image_size
+        )
         if not self.exists():
             self.root.mkdir(parents=True, exist_ok=True)
             atomic.write_text(self.config_path, config_to_yaml(requested))

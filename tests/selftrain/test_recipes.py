@@ -14,25 +14,25 @@ from commands.cli import main
 from selftrain import augment_rng
 from selftrain.config import RunConfig, load_config
 from selftrain.models import build_model, count_parameters
+from selftrain.run_inputs import open_run
 from selftrain.runstore import RunStore
 from selftrain.transforms import RandomPadCrop
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def photos(tmp_path) -> Path:
-    """A tiny colour ImageFolder data set, imported as a user would."""
-    src = tmp_path / "src"
+def import_photos(tmp_path: Path, shape: tuple[int, ...] = (16, 16, 3), name: str = "photos") -> Path:
+    """A tiny ImageFolder data set of random images of `shape`, imported as a user would."""
+    src = tmp_path / f"{name}-src"
     rng = np.random.default_rng(0)
     for split, n in (("train", 5), ("test", 2), ("unlabeled", 4)):
-        for name in ("cat", "dog"):
-            (src / split / name).mkdir(parents=True)
+        for label in ("cat", "dog"):
+            (src / split / label).mkdir(parents=True)
             for i in range(n):
-                Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
-                    src / split / name / f"{i}.png"
+                Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(
+                    src / split / label / f"{i}.png"
                 )
-    out = tmp_path / "photos"
+    out = tmp_path / name
     assert (
         main(
             [
@@ -51,6 +51,11 @@ def photos(tmp_path) -> Path:
         == 0
     )
     return out
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    return import_photos(tmp_path)
 
 
 def test_colour_data_gets_the_photo_recipe_and_saves_it(photos, tmp_path):
@@ -87,6 +92,28 @@ def test_recipe_is_overridable(photos, tmp_path):
     assert cfg.recipe == "photos" and cfg.teacher.steps == 123 and cfg.teacher.augment.hflip
     cfg = RunStore(tmp_path / "d").open(photos, str(ROOT / "configs" / "digits.yaml"), [])
     assert cfg.recipe == "digits"
+
+
+@pytest.mark.parametrize(
+    ("shape", "size"),
+    [((16, 16, 3), 32), ((48, 64, 3), 48), ((160, 200, 3), 128), ((48, 64), 32)],
+    ids=["small-photos-enlarged", "own-shorter-side", "large-photos-capped", "grayscale-keeps-digits"],
+)
+def test_photos_train_at_their_own_size_within_bounds(tmp_path, shape, size, caplog, capsys):
+    """Photos larger than 32x32 are not shrunk to the dev photos' size: the recipe follows the data
+    set, `data import` says so, the size is saved in config.yaml, and --set or a config file wins."""
+    data = import_photos(tmp_path, shape)
+    assert f"at {size}x{size} pixels" in capsys.readouterr().out
+    with caplog.at_level("INFO"):
+        cfg = open_run(str(tmp_path / "run"), str(data)).cfg
+    assert cfg.data.image_size == size
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["image_size"] == size
+    if max(shape[:2]) > size:  # the user is told the size their images train at
+        assert f"train at {size}x{size}" in caplog.text
+    assert ("on a CPU" in caplog.text) is (size > 64)  # and what a large size costs on a CPU
+    assert RunStore(tmp_path / "set").open(data, None, ["data.image_size=40"]).data.image_size == 40
+    pinned = RunStore(tmp_path / "file").open(data, str(ROOT / "configs" / "photos.yaml"), [])
+    assert pinned.data.image_size == 32
 
 
 def test_unknown_recipe_is_one_line(tmp_path):
