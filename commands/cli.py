@@ -75,6 +75,8 @@ def _val_fraction(text: str) -> float | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from selftrain.data.dataset_info import DEFAULT_MAX_SIDE
+
     parser = argparse.ArgumentParser(prog="selftrain", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--seed", type=int, default=0, help="seed of the val carve-out (default 0)")
     imp.add_argument("--samples-per-shard", type=int, default=1000, help="images per shard (default 1000)")
     imp.add_argument("--skip-corrupt", action="store_true", help="skip files PIL cannot read")
+    imp.add_argument(
+        "--max-side",
+        type=int,
+        default=DEFAULT_MAX_SIDE,
+        help="store images with a longer side over this many pixels at this size, aspect kept "
+        f"(default {DEFAULT_MAX_SIDE}: twice the largest training size; decoding a full-size camera photo on every "
+        "draw would dominate a run); 0 keeps every original",
+    )
     imp.add_argument(
         "--unlabeled-truth",
         action="store_true",
@@ -276,6 +286,7 @@ def cmd_data(args: argparse.Namespace) -> None:
             samples_per_shard=args.samples_per_shard,
             skip_corrupt=args.skip_corrupt,
             unlabeled_truth=args.unlabeled_truth,
+            max_side=args.max_side,
         )
     sizes = ", ".join(f"{name} {split.total}" for name, split in info.splits.items())
     print(f"{args.out}: {info.num_classes} classes, {sizes} images")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
@@ -79,7 +79,9 @@ class ImageFolderItems(IterableDataset):
         try:
             with Image.open(path) as opened:
                 opened.load()
-                image = opened if opened.mode == self.mode else opened.convert(self.mode)
+                # Upright as a person sees it (a camera's EXIF rotation), as `data import` stores photos.
+                image = ImageOps.exif_transpose(opened)
+                image = image if image.mode == self.mode else image.convert(self.mode)
         except UnidentifiedImageError:
             return Item(str(path), None, error=f"{path}: not an image PIL can read")
         except (OSError, ValueError) as exc:  # truncated data, unreadable file

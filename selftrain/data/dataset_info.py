@@ -22,6 +22,11 @@ TRUTH_NAME = "unlabeled_truth.json"  # report-only labels of the unlabeled split
 # evaluations is mostly the luckiest (on the CIFAR-10 dev photos with 20 val images, val read
 # 35-60% while test read 38-40%): stages then keep their last weights (selftrain/stage.py).
 MIN_VAL_FOR_SELECTION = 100
+
+# Longest side `data import` stores an image at by default (`--max-side`; selftrain/data/imagefolder.py):
+# about twice the largest size a run trains at (224), so random crops and later, larger models still
+# find detail. 0 keeps every original.
+DEFAULT_MAX_SIDE = 512
 LABELED_SPLITS = ("labeled", "val", "test")
 # Splits a data set may leave empty: `data import --val-fraction 0` trains on every label, and
 # stages then keep their last weights and report no val accuracy.

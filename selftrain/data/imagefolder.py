@@ -1,8 +1,13 @@
 """Import an ImageFolder tree (one subfolder per class) into shards.
 
-Images keep their original encoded bytes when PIL can read them and the format is one WebDataset
-decoders know; anything else PIL reads is re-encoded as PNG. Sizes are left alone: resizing is the
-transforms' job, so the shards serve every model resolution.
+Images keep their original encoded bytes when PIL can read them, the format is one WebDataset
+decoders know, they are upright and no side exceeds `max_side`; anything else PIL reads is
+re-encoded. Training decodes every image again each time it is drawn: a 12-megapixel phone photo
+takes about a hundred times as long to decode as a 512-pixel one and would not fit the decoded-image
+cache, while the models train at 128 pixels or less (224 at most on a GPU), so larger images are
+stored at `max_side` (their aspect kept). Camera photos often store their rotation as an EXIF tag
+that decoders ignore; those are stored rotated upright, as a person sees them. Within `max_side`
+sizes are left alone: resizing is the transforms' job, so the shards serve every model resolution.
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from selftrain import atomic
 from selftrain.data.dataset_info import (
+    DEFAULT_MAX_SIDE,
     INDEX_NAME,
     MIN_VAL_FOR_SELECTION,
     TRUTH_NAME,
@@ -33,6 +39,9 @@ log = logging.getLogger("selftrain.data")
 # The share of the labels `--val-fraction auto` holds out, when that share reaches
 # MIN_VAL_FOR_SELECTION images (1,000 labels and up).
 AUTO_VAL_FRACTION = 0.1
+
+MIN_MAX_SIDE = 32  # below the smallest size any recipe trains at
+_EXIF_ORIENTATION = 0x0112
 
 
 def _class_dirs(root: Path, flag: str) -> list[str]:
@@ -55,7 +64,10 @@ def _key(root: Path, path: Path, index: int) -> str:
     return f"{index:07d}_{stem}"[:120]
 
 
-def _read_image(path: Path, skip_corrupt: bool) -> tuple[bytes, str, Image.Image] | None:
+def _read_image(
+    path: Path, skip_corrupt: bool, max_side: int = 0
+) -> tuple[bytes, str, Image.Image, list[str]] | None:
+    """The bytes to store, their extension, the decoded image and what was changed, if anything."""
     data = path.read_bytes()
     try:
         img = Image.open(io.BytesIO(data))
@@ -66,29 +78,59 @@ def _read_image(path: Path, skip_corrupt: bool) -> tuple[bytes, str, Image.Image
             return None
         raise SelftrainError(f"{path}: not an image PIL can read; remove it or pass --skip-corrupt") from None
     ext = path.suffix.lower().lstrip(".")
-    if ext not in IMAGE_EXTS:
-        buf = io.BytesIO()
-        img.save(buf, format="PNG")
-        data, ext = buf.getvalue(), "png"
-    return data, ("jpg" if ext == "jpeg" else ext), img
+    ext = "jpg" if ext == "jpeg" else ext
+    changes = []
+    if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+        img = ImageOps.exif_transpose(img)
+        changes.append("rotated")
+    if max_side and max(img.size) > max_side:
+        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        changes.append("downscaled")
+    if changes or ext not in IMAGE_EXTS:
+        data, ext = _encode(img, ext)
+    return data, ext, img, changes
+
+
+def _encode(img: Image.Image, ext: str) -> tuple[bytes, str]:
+    """JPEG stays JPEG (quality 95: PNG would store a photo at several times the size); anything
+    else becomes PNG, lossless."""
+    buf = io.BytesIO()
+    if ext == "jpg" and img.mode in ("RGB", "L"):
+        img.save(buf, format="JPEG", quality=95)
+        return buf.getvalue(), "jpg"
+    img.save(buf, format="PNG")
+    return buf.getvalue(), "png"
 
 
 class _Collector:
     """Reads images once, remembering the geometry the index needs."""
 
-    def __init__(self, skip_corrupt: bool):
+    def __init__(self, skip_corrupt: bool, max_side: int = 0):
         self.skip_corrupt = skip_corrupt
+        self.max_side = max_side
         self.sizes: Counter[tuple[int, int]] = Counter()
+        self.changed: Counter[str] = Counter()
         self.color = False
         self.skipped = 0
 
+    def typical_size(self) -> tuple[int, int]:
+        """The size most images share; photos of many sizes: the median height and width."""
+        if not self.sizes:
+            return (0, 0)
+        size, count = self.sizes.most_common(1)[0]
+        if count * 2 >= self.sizes.total():
+            return size
+        sizes = list(self.sizes.elements())
+        return (int(np.median([h for h, _ in sizes])), int(np.median([w for _, w in sizes])))
+
     def samples(self, root: Path, items: list[tuple[Path, int | None]]):
         for i, (path, label) in enumerate(items):
-            got = _read_image(path, self.skip_corrupt)
+            got = _read_image(path, self.skip_corrupt, self.max_side)
             if got is None:
                 self.skipped += 1
                 continue
-            data, ext, img = got
+            data, ext, img, changes = got
+            self.changed.update(changes)
             self.sizes[(img.height, img.width)] += 1
             self.color |= img.mode not in ("L", "1", "I", "I;16", "F", "LA")
             yield RawSample(key=_key(root, path, i), image=data, ext=ext, label=label)
@@ -118,6 +160,7 @@ def import_imagefolder(
     samples_per_shard: int = 1000,
     skip_corrupt: bool = False,
     unlabeled_truth: bool = False,
+    max_side: int = DEFAULT_MAX_SIDE,
 ) -> DatasetInfo:
     """Shards for labeled (minus a stratified val carve-out), val, test and unlabeled images.
 
@@ -125,6 +168,9 @@ def import_imagefolder(
     split big enough to choose checkpoints by (MIN_VAL_FOR_SELECTION images); below that every
     stage keeps its last weights anyway, so the labels train instead of sitting in a val split
     that decides nothing. 0 = no val split.
+
+    Images with a side over `max_side` are stored downscaled to it (0: never), see the module's
+    docstring; so are those an EXIF tag says to rotate, upright.
 
     With `unlabeled_truth`, --unlabeled is an ImageFolder tree whose class folders are known but
     must not be trained on (a benchmark's hidden labels): they go to `unlabeled_truth.json`, which
@@ -136,6 +182,8 @@ def import_imagefolder(
         raise SelftrainError(
             f"{out / INDEX_NAME}: a data set is already there; choose another --out or delete it"
         )
+    if max_side < 0 or 0 < max_side < MIN_MAX_SIDE:
+        raise SelftrainError(f"--max-side: 0 (keep every original) or at least {MIN_MAX_SIDE} (got {max_side})")
     if val_fraction is not None and not 0 <= val_fraction < 1:
         raise SelftrainError(f"--val-fraction: must be at least 0 and below 1 (got {val_fraction})")
     classes = _class_dirs(labeled, "--labeled")
@@ -183,7 +231,7 @@ def import_imagefolder(
 
     out.mkdir(parents=True, exist_ok=True)
     atomic.remove_stale_temporaries(out)  # a killed build's half-written shard; the rest is rewritten
-    collector = _Collector(skip_corrupt)
+    collector = _Collector(skip_corrupt, max_side)
     truth: dict[str, int] = {}
     splits: dict[str, SplitInfo] = {}
     for name, root, items in [
@@ -200,7 +248,7 @@ def import_imagefolder(
         shards = write_split(out, name, counted, samples_per_shard)
         splits[name] = SplitInfo(labeled=name != "unlabeled", shards=shards, counts=dict(counts))
 
-    size = collector.sizes.most_common(1)[0][0] if collector.sizes else (0, 0)
+    size = collector.typical_size()
     if unlabeled_truth:
         atomic.write_json(out / TRUTH_NAME, truth)
     info = DatasetInfo(
@@ -214,6 +262,15 @@ def import_imagefolder(
     save_dataset(out, info)
     if collector.skipped:
         log.warning("skipped %d unreadable files (--skip-corrupt)", collector.skipped)
+    if collector.changed["downscaled"]:
+        log.info(
+            "stored %d images with a side over %d pixels at %d (--max-side; 0 keeps the originals)",
+            collector.changed["downscaled"],
+            max_side,
+            max_side,
+        )
+    if collector.changed["rotated"]:
+        log.info("stored %d images upright, as their EXIF orientation says", collector.changed["rotated"])
     n_val = splits["val"].total
     if n_val == 0:
         log.info(

@@ -167,3 +167,26 @@ def test_torchscript_export_matches_pytorch(teacher_run, digits_master, tmp_path
                 loaded(images[:n]).numpy(), saved.model(images[:n]).numpy(), atol=1e-4, rtol=0
             )
     assert json.loads((tmp_path / "teacher.pt.json").read_text())["export"]["sha256"]
+
+
+def test_a_camera_rotated_image_is_predicted_upright(teacher_run, digits_master, tmp_path):
+    """A photo stored sideways with an EXIF tag saying how to turn it is predicted as a person sees
+    it (and as `data import` stores such photos): the same as its upright shard sample."""
+    from PIL import Image
+
+    images = tmp_path / "images"
+    keys = _extract_pngs(digits_master, images, 8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+    for key in keys:
+        path = images / f"{key}.png"
+        sideways = Image.open(path).transpose(Image.Transpose.ROTATE_90)
+        sideways.save(path, exif=exif)
+    out, split_out = tmp_path / "p.jsonl", tmp_path / "test.jsonl"
+    assert main(["predict", "--run-dir", str(teacher_run), "--images", str(images), "--out", str(out)]) == 0
+    assert main(["predict", "--run-dir", str(teacher_run), "--split", "test", "--out", str(split_out)]) == 0
+    by_key = {r["key"]: r["top_k"] for r in _rows(split_out)}
+    for row in _rows(out):
+        key = row["path"].rsplit("/", 1)[-1][: -len(".png")]
+        assert [p["class"] for p in row["top_k"]] == [p["class"] for p in by_key[key]]
+        assert row["top_k"][0]["probability"] == pytest.approx(by_key[key][0]["probability"], abs=1e-5)

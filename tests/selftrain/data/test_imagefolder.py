@@ -150,3 +150,77 @@ def test_val_fraction_must_be_a_share_or_auto(tree, tmp_path, capsys):
     assert "--val-fraction: must be at least 0 and below 1 (got 1.0)" in capsys.readouterr().err
     assert main([*args, "--val-fraction", "auto"]) == 0
     assert load_dataset(tmp_path / "ds").count("val") == 0
+
+
+def _shard_images(ds, split):
+    """(key, encoded bytes, decoded image) of every sample of `split`."""
+    out = []
+    for e in ds.split(split).shards:
+        for raw in iter_shard(ds.shard_path(e), e):
+            ext = next(k for k in ("jpg", "png") if k in raw)
+            d = decode_sample(raw, channels=ds.info.channels, num_classes=ds.info.num_classes, labeled=False)
+            out.append((d.key, raw[ext], d.image))
+    return out
+
+
+def test_large_and_camera_rotated_photos_are_stored_small_and_upright(tmp_path, caplog):
+    """A phone photo decoded whole on every draw would dominate a run, and one whose EXIF tag says
+    "rotate" would train sideways: the import stores the first at --max-side (aspect kept) and the
+    second upright; photos within the limit keep their bytes, and --max-side 0 keeps everything."""
+    root = tmp_path / "src"
+    for split in ("train", "test"):
+        for name in ("cat", "dog"):
+            (root / split / name).mkdir(parents=True)
+            Image.new("RGB", (40, 30), (200, 10, 10)).save(root / split / name / "small.jpg")
+    (root / "unlabeled").mkdir()
+    wide = Image.new("RGB", (1400, 600), (10, 200, 10))
+    wide.paste((0, 0, 250), (0, 0, 700, 600))  # left half blue: downscaling must keep the layout
+    wide.save(root / "unlabeled" / "wide.jpg", quality=95)
+    tall = Image.new("RGB", (60, 20), (0, 0, 0))
+    tall.paste((255, 255, 255), (0, 0, 30, 20))  # stored sideways: white half on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+    tall.save(root / "unlabeled" / "rotated.jpg", exif=exif, quality=95)
+    args = ["data", "import", "--labeled", str(root / "train"), "--unlabeled", str(root / "unlabeled"),
+            "--test", str(root / "test")]
+
+    with caplog.at_level("INFO"):
+        assert main([*args, "--out", str(tmp_path / "ds")]) == 0
+    ds = load_dataset(tmp_path / "ds")
+    images = {key.split("_", 1)[1]: (data, image) for key, data, image in _shard_images(ds, "unlabeled")}
+    data, image = images["wide"]
+    assert image.size == (512, 219) and data[:2] == b"\xff\xd8"  # still a JPEG
+    left, right = image.getpixel((100, 100)), image.getpixel((400, 100))
+    assert left[2] > 200 > left[1] and right[1] > 150 > right[2]
+    _, upright = images["rotated"]
+    assert upright.size == (20, 60)  # portrait, as the camera's tag says
+    assert upright.getpixel((10, 5))[0] > 200 and upright.getpixel((10, 55))[0] < 50
+    assert "stored 1 images with a side over 512" in caplog.text and "1 images upright" in caplog.text
+    small = (root / "train" / "cat" / "small.jpg").read_bytes()
+    assert small in {data for _, data, _ in _shard_images(ds, "labeled")}  # untouched bytes
+
+    assert main([*args, "--out", str(tmp_path / "orig"), "--max-side", "0"]) == 0
+    kept = {key.split("_", 1)[1]: image for key, _, image in _shard_images(load_dataset(tmp_path / "orig"), "unlabeled")}
+    assert kept["wide"].size == (1400, 600)
+
+
+def test_max_side_must_be_zero_or_a_training_size(tree, tmp_path, capsys):
+    rc = main(["data", "import", "--labeled", str(tree / "train"), "--unlabeled", str(tree / "unlabeled"),
+               "--test", str(tree / "test"), "--out", str(tmp_path / "ds"), "--max-side", "8"])
+    assert rc == 2
+    assert "--max-side: 0 (keep every original) or at least 32 (got 8)" in capsys.readouterr().err
+    assert not (tmp_path / "ds").exists()
+
+
+def test_typical_size_of_photos_of_many_sizes_is_their_median(tmp_path):
+    """A user's photos rarely share one size; the recipe's input size follows the typical one."""
+    root = tmp_path / "src"
+    sizes = [(300, 200), (320, 240), (640, 480), (500, 375), (96, 64), (400, 300)]
+    for split in ("train", "test", "unlabeled"):
+        for name in ("cat", "dog"):
+            (root / split / name).mkdir(parents=True)
+            for i, size in enumerate(sizes):
+                Image.new("RGB", size).save(root / split / name / f"{i}.png")
+    assert main(["data", "import", "--labeled", str(root / "train"), "--unlabeled", str(root / "unlabeled"),
+                 "--test", str(root / "test"), "--out", str(tmp_path / "ds")]) == 0
+    assert list(load_dataset(tmp_path / "ds").info.image_size) == [270, 360]  # median height, width
