@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 # Above this input side a CPU run is told what its size costs (a step at 64 pixels costs about
 # 4 times one at 32, the size every CPU figure in docs/results.md was measured at).
 CPU_SIZE_NOTICE = 64
+_SIZE_NOTED: set[Path] = set()  # run directories whose input size this process has already told
 
 
 @dataclass
@@ -111,7 +112,9 @@ def open_run(run_dir: str, data: str | None = None, config: str | dict | list | 
     cfg = store.open(Path(data), config_file, overrides)
     check_selection(cfg, dataset)
     device = resolve_device(cfg.device)
-    note_input_size(cfg, dataset, device)
+    if store.root.resolve() not in _SIZE_NOTED:  # `selftrain run` opens the run, then its flow does
+        _SIZE_NOTED.add(store.root.resolve())
+        note_input_size(cfg, dataset, device)
     return RunContext(store=store, dataset=dataset, cfg=cfg, device=device)
 
 
