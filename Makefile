@@ -54,6 +54,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pseudolabel.py
 	$(BIN)/python benchmarks/train_student.py
+	$(BIN)/python benchmarks/stored_size.py
 
 clean:
 	rm -rf $(RUN) runs/mpl .pytest_cache .ruff_cache
