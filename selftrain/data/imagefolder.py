@@ -93,7 +93,12 @@ def _read_image(
 
 def _encode(img: Image.Image, ext: str) -> tuple[bytes, str]:
     """JPEG stays JPEG (quality 95: PNG would store a photo at several times the size); anything
-    else becomes PNG, lossless."""
+    else becomes PNG, lossless. Modes neither format writes become what training decodes them to
+    anyway: RGB for colour spaces (a print shop's CMYK JPEG), L for float or 32-bit grey."""
+    if img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        img = img.convert("RGB")
+    elif img.mode in ("F", "I"):
+        img = img.convert("L")
     buf = io.BytesIO()
     if ext == "jpg" and img.mode in ("RGB", "L"):
         img.save(buf, format="JPEG", quality=95)

@@ -224,3 +224,21 @@ def test_typical_size_of_photos_of_many_sizes_is_their_median(tmp_path):
     assert main(["data", "import", "--labeled", str(root / "train"), "--unlabeled", str(root / "unlabeled"),
                  "--test", str(root / "test"), "--out", str(tmp_path / "ds")]) == 0
     assert list(load_dataset(tmp_path / "ds").info.image_size) == [270, 360]  # median height, width
+
+
+def test_large_photos_in_modes_png_and_jpeg_cannot_store_still_import(tmp_path):
+    """A print shop's CMYK JPEG or a float TIFF over --max-side is stored in the mode training
+    decodes it to, rather than failing the import."""
+    root = tmp_path / "src"
+    for split in ("train", "test"):
+        for name in ("cat", "dog"):
+            (root / split / name).mkdir(parents=True)
+            Image.new("RGB", (40, 30), (200, 10, 10)).save(root / split / name / "small.png")
+    (root / "unlabeled").mkdir()
+    Image.new("CMYK", (900, 600), (0, 255, 255, 0)).save(root / "unlabeled" / "print.jpg")  # red in CMYK
+    Image.new("F", (900, 600), 128.0).save(root / "unlabeled" / "scan.tif")
+    assert main(["data", "import", "--labeled", str(root / "train"), "--unlabeled", str(root / "unlabeled"),
+                 "--test", str(root / "test"), "--out", str(tmp_path / "ds")]) == 0
+    images = {key.split("_", 1)[1]: image for key, _, image in _shard_images(load_dataset(tmp_path / "ds"), "unlabeled")}
+    assert images["print"].size == (512, 341) and images["print"].getpixel((5, 5))[0] > 200
+    assert images["scan"].size == (512, 341)
