@@ -100,11 +100,11 @@ _PHOTOS: dict[str, Any] = {
 
 RECIPES: dict[str, dict[str, Any]] = {"digits": _DIGITS, "photos": _PHOTOS}
 
-# The photo recipe trains at the photos' own size (their shorter side), within these bounds. Below
-# 32 pixels a ResNet's stride-32 stem leaves nothing to pool, so smaller photos are enlarged, as
-# the 8x8 digits are. Above 128 a step costs more than 16 times one at 32 on the same model: a
-# user with larger photos and a GPU sets data.image_size (224 for timm's ImageNet sizes); the
-# tuned figures (docs/results.md) are all at 32, the dev photos' size.
+# The photo recipe trains at the photos' own size (their shorter side), within these bounds.
+# Smaller photos are enlarged to 32, as the 8x8 digits are: the models were tuned there, and below
+# it a stride-32 ResNet ends on a single cell. Above 128 a step costs about 16 times one at 32 on
+# the same model: a user with larger photos and a GPU sets data.image_size (224 for timm's
+# ImageNet sizes). The tuned figures (docs/results.md) are all at 32, the dev photos' size.
 MIN_PHOTO_SIZE, MAX_PHOTO_SIZE = 32, 128
 
 

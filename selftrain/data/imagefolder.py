@@ -2,10 +2,10 @@
 
 Images keep their original encoded bytes when PIL can read them, the format is one WebDataset
 decoders know, they are upright and no side exceeds `max_side`; anything else PIL reads is
-re-encoded. Training decodes every image again each time it is drawn: a 12-megapixel phone photo
-takes about a hundred times as long to decode as a 512-pixel one and would not fit the decoded-image
-cache, while the models train at 128 pixels or less (224 at most on a GPU), so larger images are
-stored at `max_side` (their aspect kept). Camera photos often store their rotation as an EXIF tag
+re-encoded. Training decodes an image again each time it is drawn unless it fits the stream's
+decoded-image cache: stored whole, 12-megapixel phone photos fed a student about 30 times slower
+than the same photos at 512 pixels (`benchmarks/stored_size.py`), while the models train at 128
+pixels or less (224 on a GPU, typically), so larger images are stored at `max_side` (aspect kept). Camera photos often store their rotation as an EXIF tag
 that decoders ignore; those are stored rotated upright, as a person sees them. Within `max_side`
 sizes are left alone: resizing is the transforms' job, so the shards serve every model resolution.
 """
