@@ -28,8 +28,8 @@ from selftrain.stage import no_val_to_choose_by
 
 log = logging.getLogger(__name__)
 
-# Above this input side a CPU run is told what its size costs (a step at 64 pixels costs about
-# 4 times one at 32, the size every CPU figure in docs/results.md was measured at).
+# Above this input side a CPU run is told what its size costs (a step at 64 pixels takes about
+# 4 times the compute of one at 32, the size every CPU figure in docs/results.md was measured at).
 CPU_SIZE_NOTICE = 64
 _SIZE_NOTED: set[Path] = set()  # run directories whose input size this process has already told
 
@@ -133,8 +133,8 @@ def note_input_size(cfg: RunConfig, dataset: Dataset, device: torch.device) -> N
         )
     if device.type == "cpu" and size > CPU_SIZE_NOTICE:
         log.warning(
-            "data.image_size %d on a CPU: each training step costs about %d times one at 32 pixels; "
-            "--set data.image_size=%d trains faster, with less detail",
+            "data.image_size %d on a CPU: each training step takes about %d times the compute of one "
+            "at 32 pixels; --set data.image_size=%d trains faster, with less detail",
             size,
             round((size / 32) ** 2),
             CPU_SIZE_NOTICE,
