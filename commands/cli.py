@@ -332,7 +332,7 @@ def cmd_teacher_train(args: argparse.Namespace) -> None:
     from selftrain import runlock
     from selftrain.data.dataset_info import load_dataset
     from selftrain.device import resolve_device
-    from selftrain.run_inputs import check_inputs
+    from selftrain.run_inputs import check_inputs, note_input_size
     from selftrain.runstore import RunStore
     from teachers.supervised import train_teacher
 
@@ -344,14 +344,17 @@ def cmd_teacher_train(args: argparse.Namespace) -> None:
         cfg = store.open(args.data, args.config, _runtime_overrides(args))
         if store.stage_state(0, "train") == "done":
             print(f"{store.iter_dir(0)}: teacher already trained; nothing to do")
-        elif cfg.distributed.nproc_per_node > 1:
-            from selftrain.launch import launch_training
-
-            launch_training(
-                "teacher", store.root, cfg, on_line=lambda line: print(line, file=sys.stderr, flush=True)
-            )
         else:
-            train_teacher(store, dataset, cfg, resolve_device(cfg.device))
+            device = resolve_device(cfg.device)
+            note_input_size(cfg, dataset, device)
+            if cfg.distributed.nproc_per_node > 1:
+                from selftrain.launch import launch_training
+
+                launch_training(
+                    "teacher", store.root, cfg, on_line=lambda line: print(line, file=sys.stderr, flush=True)
+                )
+            else:
+                train_teacher(store, dataset, cfg, device)
     print_status(store, as_json=False)
 
 
@@ -525,7 +528,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     # Inputs and the lock are checked before Prefect is imported: a typo costs one line, no server.
     check_inputs(**common)
     with runlock.hold(args.run_dir, by=_command_line()):
-        ctx = open_run(**common)
+        ctx = open_run(**common, announce=False)
         if args.loop == "noisy-student":
             check_loop_options(ctx.store, args.iterations, args.from_iteration)
             from flows.noisy_student import noisy_student

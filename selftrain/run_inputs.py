@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 # Above this input side a CPU run is told what its size costs (a step at 64 pixels takes about
 # 4 times the compute of one at 32, the size every CPU figure in docs/results.md was measured at).
 CPU_SIZE_NOTICE = 64
-_SIZE_NOTED: set[Path] = set()  # run directories whose input size this process has already told
 
 
 @dataclass
@@ -95,10 +94,14 @@ def _selection_fields(section: BaseModel, prefix: str) -> list[str]:
     return found
 
 
-def open_run(run_dir: str, data: str | None = None, config: str | dict | list | None = None) -> RunContext:
+def open_run(
+    run_dir: str, data: str | None = None, config: str | dict | list | None = None, *, announce: bool = True
+) -> RunContext:
     """Create or reopen `run_dir`; `data` may be omitted once the run directory records it.
 
-    Creates the run directory when it is new: call it while holding the run's lock.
+    Creates the run directory when it is new: call it while holding the run's lock. `announce`
+    logs the input size (`note_input_size`); `selftrain run` leaves that to the flow it starts,
+    so the line appears once, and in the flow run's logs.
     """
     store = RunStore(run_dir)
     if data is None:
@@ -112,8 +115,7 @@ def open_run(run_dir: str, data: str | None = None, config: str | dict | list | 
     cfg = store.open(Path(data), config_file, overrides)
     check_selection(cfg, dataset)
     device = resolve_device(cfg.device)
-    if store.root.resolve() not in _SIZE_NOTED:  # `selftrain run` opens the run, then its flow does
-        _SIZE_NOTED.add(store.root.resolve())
+    if announce:
         note_input_size(cfg, dataset, device)
     return RunContext(store=store, dataset=dataset, cfg=cfg, device=device)
 
