@@ -242,3 +242,15 @@ def test_large_photos_in_modes_png_and_jpeg_cannot_store_still_import(tmp_path):
     images = {key.split("_", 1)[1]: image for key, _, image in _shard_images(load_dataset(tmp_path / "ds"), "unlabeled")}
     assert images["print"].size == (512, 341) and images["print"].getpixel((5, 5))[0] > 200
     assert images["scan"].size == (512, 341)
+
+
+def test_a_truncated_camera_photo_is_refused_even_when_it_would_be_downscaled(tree, tmp_path, capsys):
+    """Large JPEGs are decoded at a reduced scale; the whole file must still be read and checked."""
+    import numpy as np
+
+    big = tree / "unlabeled" / "big.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1600, 2000, 3), dtype=np.uint8)).save(big)
+    big.write_bytes(big.read_bytes()[: big.stat().st_size // 2])
+    rc = main(["data", "import", "--labeled", str(tree / "train"), "--unlabeled", str(tree / "unlabeled"),
+               "--test", str(tree / "test"), "--out", str(tmp_path / "ds")])
+    assert rc == 2 and "big.jpg: not an image PIL can read" in capsys.readouterr().err
