@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm.auto import tqdm
 
 from selftrain import atomic
 from selftrain.data.dataset_info import (
@@ -132,9 +133,11 @@ class _Collector:
         sizes = list(self.sizes.elements())
         return (int(np.median([h for h, _ in sizes])), int(np.median([w for _, w in sizes])))
 
-    def samples(self, root: Path, items: list[tuple[Path, int | None]]):
+    def samples(self, root: Path, items: list[tuple[Path, int | None]], bar: tqdm | None = None):
         for i, (path, label) in enumerate(items):
             got = _read_image(path, self.skip_corrupt, self.max_side)
+            if bar is not None:
+                bar.update()
             if got is None:
                 self.skipped += 1
                 continue
@@ -243,19 +246,23 @@ def import_imagefolder(
     collector = _Collector(skip_corrupt, max_side)
     truth: dict[str, int] = {}
     splits: dict[str, SplitInfo] = {}
-    for name, root, items in [
+    parts = [
         ("labeled", labeled, train_items),
         ("val", labeled, val_items),
         ("test", test, test_items),
         ("unlabeled", unlabeled, unlabeled_items),
-    ]:
-        counts: Counter[str] = Counter()
-        stream = collector.samples(root, items)
-        if name == "unlabeled" and unlabeled_truth:
-            stream = _recording_truth(stream, root, items, truth_of, truth)
-        counted = (counts.update([classes[s.label]]) or s if s.label is not None else s for s in stream)
-        shards = write_split(out, name, counted, samples_per_shard)
-        splits[name] = SplitInfo(labeled=name != "unlabeled", shards=shards, counts=dict(counts))
+    ]
+    # Thousands of camera photos take minutes to read and shrink: show it (on a terminal only).
+    total = sum(len(items) for _, _, items in parts)
+    with tqdm(total=total, unit="img", desc="import", disable=None, dynamic_ncols=True) as bar:
+        for name, root, items in parts:
+            counts: Counter[str] = Counter()
+            stream = collector.samples(root, items, bar)
+            if name == "unlabeled" and unlabeled_truth:
+                stream = _recording_truth(stream, root, items, truth_of, truth)
+            counted = (counts.update([classes[s.label]]) or s if s.label is not None else s for s in stream)
+            shards = write_split(out, name, counted, samples_per_shard)
+            splits[name] = SplitInfo(labeled=name != "unlabeled", shards=shards, counts=dict(counts))
 
     size = collector.typical_size()
     if unlabeled_truth:
