@@ -111,6 +111,10 @@ def test_photos_train_at_their_own_size_within_bounds(tmp_path, shape, size, cap
     if max(shape[:2]) > size:  # the user is told the size their images train at
         assert f"train at {size}x{size}" in caplog.text
     assert ("on a CPU" in caplog.text) is (size > 64)  # and what a large size costs on a CPU
+    caplog.clear()  # `selftrain run` opens the run quietly: its flow says it, in the flow run's logs
+    with caplog.at_level("INFO"):
+        open_run(str(tmp_path / "quiet"), str(data), announce=False)
+    assert "data.image_size" not in caplog.text
     assert RunStore(tmp_path / "set").open(data, None, ["data.image_size=40"]).data.image_size == 40
     pinned = RunStore(tmp_path / "file").open(data, str(ROOT / "configs" / "photos.yaml"), [])
     assert pinned.data.image_size == 32

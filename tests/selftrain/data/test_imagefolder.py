@@ -163,16 +163,21 @@ def _shard_images(ds, split):
     return out
 
 
+def _small_labeled_tree(root, ext):
+    """One small photo per class in train/ and test/, and an empty unlabeled/ for the test to fill."""
+    for split in ("train", "test"):
+        for name in ("cat", "dog"):
+            (root / split / name).mkdir(parents=True)
+            Image.new("RGB", (40, 30), (200, 10, 10)).save(root / split / name / f"small.{ext}")
+    (root / "unlabeled").mkdir()
+    return root
+
+
 def test_large_and_camera_rotated_photos_are_stored_small_and_upright(tmp_path, caplog):
     """A phone photo decoded whole on every draw would dominate a run, and one whose EXIF tag says
     "rotate" would train sideways: the import stores the first at --max-side (aspect kept) and the
     second upright; photos within the limit keep their bytes, and --max-side 0 keeps everything."""
-    root = tmp_path / "src"
-    for split in ("train", "test"):
-        for name in ("cat", "dog"):
-            (root / split / name).mkdir(parents=True)
-            Image.new("RGB", (40, 30), (200, 10, 10)).save(root / split / name / "small.jpg")
-    (root / "unlabeled").mkdir()
+    root = _small_labeled_tree(tmp_path / "src", "jpg")
     wide = Image.new("RGB", (1400, 600), (10, 200, 10))
     wide.paste((0, 0, 250), (0, 0, 700, 600))  # left half blue: downscaling must keep the layout
     wide.save(root / "unlabeled" / "wide.jpg", quality=95)
@@ -229,12 +234,7 @@ def test_typical_size_of_photos_of_many_sizes_is_their_median(tmp_path):
 def test_large_photos_in_modes_png_and_jpeg_cannot_store_still_import(tmp_path):
     """A print shop's CMYK JPEG or a float TIFF over --max-side is stored in the mode training
     decodes it to, rather than failing the import."""
-    root = tmp_path / "src"
-    for split in ("train", "test"):
-        for name in ("cat", "dog"):
-            (root / split / name).mkdir(parents=True)
-            Image.new("RGB", (40, 30), (200, 10, 10)).save(root / split / name / "small.png")
-    (root / "unlabeled").mkdir()
+    root = _small_labeled_tree(tmp_path / "src", "png")
     Image.new("CMYK", (900, 600), (0, 255, 255, 0)).save(root / "unlabeled" / "print.jpg")  # red in CMYK
     Image.new("F", (900, 600), 128.0).save(root / "unlabeled" / "scan.tif")
     assert main(["data", "import", "--labeled", str(root / "train"), "--unlabeled", str(root / "unlabeled"),
