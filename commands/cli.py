@@ -121,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_MAX_SIDE,
         help="store images with a longer side over this many pixels at this size, aspect kept "
-        f"(default {DEFAULT_MAX_SIDE}: twice the largest training size; decoding a full-size camera photo on every "
-        "draw would dominate a run); 0 keeps every original",
+        f"(default {DEFAULT_MAX_SIDE}: twice the largest training size; decoding a full-size camera "
+        "photo on every draw would dominate a run); 0 keeps every original",
     )
     imp.add_argument(
         "--unlabeled-truth",

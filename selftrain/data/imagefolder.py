@@ -5,9 +5,10 @@ decoders know, they are upright and no side exceeds `max_side`; anything else PI
 re-encoded. Training decodes an image again each time it is drawn unless it fits the stream's
 decoded-image cache: stored whole, 12-megapixel phone photos fed a student about 30 times slower
 than the same photos at 512 pixels (`benchmarks/stored_size.py`), while the models train at 128
-pixels or less (224 on a GPU, typically), so larger images are stored at `max_side` (aspect kept). Camera photos often store their rotation as an EXIF tag
-that decoders ignore; those are stored rotated upright, as a person sees them. Within `max_side`
-sizes are left alone: resizing is the transforms' job, so the shards serve every model resolution.
+pixels or less (224 on a GPU, typically), so larger images are stored at `max_side` (aspect
+kept). Camera photos often store their rotation as an EXIF tag that decoders ignore; those are
+stored rotated upright, as a person sees them. Within `max_side` sizes are left alone: resizing
+is the transforms' job, so the shards serve every model resolution.
 """
 
 from __future__ import annotations
@@ -65,9 +66,7 @@ def _key(root: Path, path: Path, index: int) -> str:
     return f"{index:07d}_{stem}"[:120]
 
 
-def _read_image(
-    path: Path, skip_corrupt: bool, max_side: int = 0
-) -> tuple[bytes, str, Image.Image, list[str]] | None:
+def _read_image(path: Path, skip_corrupt: bool, max_side: int) -> tuple[bytes, str, Image.Image, list[str]] | None:
     """The bytes to store, their extension, the decoded image and what was changed, if anything."""
     data = path.read_bytes()
     try:
@@ -115,7 +114,7 @@ def _encode(img: Image.Image, ext: str) -> tuple[bytes, str]:
 class _Collector:
     """Reads images once, remembering the geometry the index needs."""
 
-    def __init__(self, skip_corrupt: bool, max_side: int = 0):
+    def __init__(self, skip_corrupt: bool, max_side: int):
         self.skip_corrupt = skip_corrupt
         self.max_side = max_side
         self.sizes: Counter[tuple[int, int]] = Counter()
@@ -133,11 +132,10 @@ class _Collector:
         sizes = list(self.sizes.elements())
         return (int(np.median([h for h, _ in sizes])), int(np.median([w for _, w in sizes])))
 
-    def samples(self, root: Path, items: list[tuple[Path, int | None]], bar: tqdm | None = None):
+    def samples(self, root: Path, items: list[tuple[Path, int | None]], bar: tqdm):
         for i, (path, label) in enumerate(items):
             got = _read_image(path, self.skip_corrupt, self.max_side)
-            if bar is not None:
-                bar.update()
+            bar.update()
             if got is None:
                 self.skipped += 1
                 continue
