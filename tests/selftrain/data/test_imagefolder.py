@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -246,8 +247,6 @@ def test_large_photos_in_modes_png_and_jpeg_cannot_store_still_import(tmp_path):
 
 def test_a_truncated_camera_photo_is_refused_even_when_it_would_be_downscaled(tree, tmp_path, capsys):
     """Large JPEGs are decoded at a reduced scale; the whole file must still be read and checked."""
-    import numpy as np
-
     big = tree / "unlabeled" / "big.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (1600, 2000, 3), dtype=np.uint8)).save(big)
     big.write_bytes(big.read_bytes()[: big.stat().st_size // 2])
