@@ -93,6 +93,14 @@ class TrainConfig(_Strict):
     drop_path_rate: float = Field(0.0, ge=0, lt=1, description="Stochastic depth rate.")
     eval_every: int = Field(50, ge=1, description="Steps between evaluations on the val split.")
     checkpoint_every: int = Field(100, ge=1, description="Steps between resumable checkpoints.")
+    layer_decay: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Layer-wise learning-rate decay for a model that is already trained (a finetune, a "
+        "teacher from init_weights): the classifier learns at lr, each layer group below it this factor "
+        "slower (timm's BEiT-style groups), so features learned before change least. None = one rate.",
+    )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     selection: Literal["auto", "best_val", "last"] = Field(
         "auto",

@@ -21,9 +21,16 @@ from selftrain.config import TrainConfig
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     kwargs = {"momentum": 0.9, "nesterov": True} if cfg.optimizer == "sgd" else {}
-    return create_optimizer_v2(
+    if cfg.layer_decay is not None:
+        kwargs["layer_decay"] = cfg.layer_decay
+    optimizer = create_optimizer_v2(
         model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True, **kwargs
     )
+    # timm records each layer group's factor as `lr_scale` for its own schedulers to apply; the
+    # LambdaLR here scales whatever rate a group starts with, so the factor goes into that rate.
+    for group in optimizer.param_groups:
+        group["lr"] *= group.get("lr_scale", 1.0)
+    return optimizer
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, floor: float = 0.01):

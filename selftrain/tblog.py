@@ -79,7 +79,8 @@ class ScalarLog:
         if labeled is not None and pseudo is not None and labeled + pseudo > 0:
             w.add_scalar("pseudo/share_of_batch", pseudo / (labeled + pseudo), step)
         for name, opt in optimizers.items():
-            w.add_scalar(f"lr/{name}", opt.param_groups[0]["lr"], step)
+            # the highest group's rate: the configured lr (layer_decay slows the groups below it)
+            w.add_scalar(f"lr/{name}", max(g["lr"] for g in opt.param_groups), step)
         now = time.perf_counter()
         if self._last is not None and now > self._last:
             seconds = now - self._last

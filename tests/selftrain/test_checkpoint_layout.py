@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import timm
 import torch
 
@@ -11,10 +12,10 @@ from selftrain.device import prepare_model, to_device
 from selftrain.optim import build_optimizer
 
 
-def _setup(seed: int = 0):
+def _setup(seed: int = 0, layer_decay: float | None = None):
     torch.manual_seed(seed)
     model = prepare_model(timm.create_model("resnet10t", num_classes=4, in_chans=3), torch.device("cpu"))
-    return model, build_optimizer(model, TrainConfig(optimizer="adamw", lr=1e-2))
+    return model, build_optimizer(model, TrainConfig(optimizer="adamw", lr=1e-2, layer_decay=layer_decay))
 
 
 def _step(model, opt, s: int) -> None:
@@ -26,17 +27,20 @@ def _step(model, opt, s: int) -> None:
     opt.step()
 
 
-def test_resumed_steps_match_uninterrupted_ones_for_a_channels_last_model(tmp_path):
-    straight, opt = _setup()
+@pytest.mark.parametrize("layer_decay", [None, 0.75], ids=["one-rate", "layer-decay"])
+def test_resumed_steps_match_uninterrupted_ones_for_a_channels_last_model(tmp_path, layer_decay):
+    """Also with layer-wise rates: each group's own rate comes back from the checkpoint."""
+    straight, opt = _setup(layer_decay=layer_decay)
     assert straight.conv1[0].weight.is_contiguous(memory_format=torch.channels_last)
     for s in range(4):
         _step(straight, opt, s)
 
-    first, opt = _setup()
+    first, opt = _setup(layer_decay=layer_decay)
     for s in range(2):
         _step(first, opt, s)
     save_checkpoint(tmp_path, 2, modules={"m": first}, optimizers={"o": opt}, schedulers={}, state={})
-    resumed, opt = _setup(seed=1)  # different initial weights: everything must come from the checkpoint
+    # different initial weights: everything must come from the checkpoint
+    resumed, opt = _setup(seed=1, layer_decay=layer_decay)
     load_checkpoint(
         list_checkpoints(tmp_path)[-1], modules={"m": resumed}, optimizers={"o": opt}, schedulers={}
     )
