@@ -532,6 +532,19 @@ def load_config(
         raise SelftrainError(validation_message(exc, str(path) if path else "config")) from None
 
 
+def load_run_config(path: str | Path) -> RunConfig:
+    """A run's own config.yaml, complete when it was written, over the schema's defaults alone.
+
+    A key the file lacks was added to the schema after the run started; its schema default keeps
+    the behaviour the run started with. Today's recipe is not applied beneath it: a recipe that
+    changed since (a new default for new runs) must not change a run when it is resumed.
+    """
+    try:
+        return RunConfig.model_validate(read_yaml(path))
+    except ValidationError as exc:
+        raise SelftrainError(validation_message(exc, str(path))) from None
+
+
 def config_to_yaml(config: RunConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 

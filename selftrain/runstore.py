@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from selftrain import atomic
-from selftrain.config import RunConfig, config_differences, config_to_yaml, load_config
+from selftrain.config import RunConfig, config_differences, config_to_yaml, load_config, load_run_config
 from selftrain.errors import SelftrainError
 from selftrain.runlock import pid_alive
 
@@ -167,7 +167,7 @@ class RunStore:
 
     def config(self) -> RunConfig:
         self.manifest()  # a clear "not a run directory" before "config.yaml not found"
-        return load_config(self.config_path)
+        return load_run_config(self.config_path)
 
     def data_dir(self) -> Path:
         return Path(self.manifest()["data"])

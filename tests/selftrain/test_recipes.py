@@ -13,6 +13,7 @@ from PIL import Image
 from commands.cli import main
 from selftrain import augment_rng
 from selftrain.config import RunConfig, load_config
+from selftrain.errors import SelftrainError
 from selftrain.models import build_model, count_parameters
 from selftrain.run_inputs import open_run
 from selftrain.runstore import RunStore
@@ -74,6 +75,22 @@ def test_colour_data_gets_the_photo_recipe_and_saves_it(photos, tmp_path):
     assert store.config() == cfg  # resuming reads the same values back
 
 
+def test_a_run_started_before_a_recipe_changed_resumes_with_the_values_it_started_with(photos, tmp_path):
+    """An upgrade that gives new photo runs a new default (here the MPL finetune's layer decay) must
+    not change a run directory written before it: the keys its config.yaml lacks take the schema's
+    defaults (the old behaviour), and --set with today's recipe is refused, not merged."""
+    store = RunStore(tmp_path / "run")
+    assert store.open(photos, None, []).mpl.finetune.layer_decay == 0.75
+    saved = yaml.safe_load(store.config_path.read_text())
+    del saved["mpl"]["finetune"]["layer_decay"]  # as a version without the key wrote it
+    store.config_path.write_text(yaml.safe_dump(saved, sort_keys=False))
+    resumed = store.open(photos, None, [])
+    assert resumed.mpl.finetune.layer_decay is None
+    assert resumed.mpl.steps == 1000 and resumed.student.mixup_alpha == 0.8  # the rest as recorded
+    with pytest.raises(SelftrainError, match=r"other values for mpl\.finetune\.layer_decay"):
+        store.open(photos, None, ["seed=0"])
+
+
 def test_grayscale_data_keeps_the_digits_recipe(digits_master, tmp_path):
     cfg = RunStore(tmp_path / "run").open(digits_master, None, [])
     assert cfg.recipe == "digits" and cfg == RunConfig()
@@ -121,8 +138,6 @@ def test_photos_train_at_their_own_size_within_bounds(tmp_path, shape, size, cap
 
 
 def test_unknown_recipe_is_one_line(tmp_path):
-    from selftrain.errors import SelftrainError
-
     with pytest.raises(SelftrainError, match="recipe: Input should be 'digits' or 'photos'"):
         load_config(None, ["recipe=sketches"])
 
