@@ -526,10 +526,7 @@ def load_config(
 
     raw = read_yaml(path) if path else {}
     raw = with_recipe(apply_overrides(raw, overrides or []), recipe, stored_size)
-    try:
-        return RunConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise SelftrainError(validation_message(exc, str(path) if path else "config")) from None
+    return _validated(raw, str(path) if path else "config")
 
 
 def load_run_config(path: str | Path) -> RunConfig:
@@ -539,10 +536,14 @@ def load_run_config(path: str | Path) -> RunConfig:
     the behaviour the run started with. Today's recipe is not applied beneath it: a recipe that
     changed since (a new default for new runs) must not change a run when it is resumed.
     """
+    return _validated(read_yaml(path), str(path))
+
+
+def _validated(raw: dict[str, Any], where: str) -> RunConfig:
     try:
-        return RunConfig.model_validate(read_yaml(path))
+        return RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise SelftrainError(validation_message(exc, str(path))) from None
+        raise SelftrainError(validation_message(exc, where)) from None
 
 
 def config_to_yaml(config: RunConfig) -> str:

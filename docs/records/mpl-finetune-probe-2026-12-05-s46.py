@@ -10,9 +10,9 @@ there with the same seed, and its test accuracy is printed; the saved runs are n
 before `d7191ef` made it the `layer_decay` field; `--set layer_decay=0.75` gives the same figures.)
 """
 
+import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import torch
@@ -22,14 +22,16 @@ from selftrain.data.dataset_info import load_dataset
 from selftrain.runstore import RunStore
 from teachers.mpl_training import finetune_student
 
-args = sys.argv[1:]
-sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
-args = [a for i, a in enumerate(args) if a != "--set" and (i == 0 or args[i - 1] != "--set")]
-threads, scratch, runs = int(args[0]), Path(args[1]), args[2:]
-torch.set_num_threads(threads)
-update = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in sets)}
-for src in map(Path, runs):
-    dst = scratch / src.name
+parser = argparse.ArgumentParser(description="MPL's finetune re-run on copies of saved runs")
+parser.add_argument("threads", type=int)
+parser.add_argument("scratch", type=Path)
+parser.add_argument("runs", nargs="+", type=Path)
+parser.add_argument("--set", action="append", default=[], help="a field of mpl.finetune, KEY=VALUE")
+args = parser.parse_args()
+torch.set_num_threads(args.threads)
+update = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+for src in args.runs:
+    dst = args.scratch / src.name
     shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir(parents=True)
     for name in ("config.yaml", "manifest.json"):
